@@ -1,0 +1,212 @@
+# The allocator's private types, in one place (as mimalloc's types.h).
+#
+# Glossary, bottom up (see _malloc.pyx for the whole picture):
+#
+#   page       8 KiB, the page heap's unit (PAGE_SIZE); not the OS page.
+#   heapArena  a 64 MiB, 64 MiB-aligned piece of reserved address space and
+#              its metadata: which span owns each page (spans[]) and which
+#              free pages are known to read as zero (scav[]).
+#   mspan      a run of pages. In use, it holds one large object or nelems
+#              slots of one size class; free, it is a run in the page heap.
+#   mcentral   per size class: spans with free slots (partial) and without
+#              (full) that no thread is allocating from.
+#   mcache     per thread and heap: the span each size class allocates from
+#              now, and the tiny block. Only its thread touches it.
+#   mheap      one pyarena.Heap: arenas, the free page runs, the central
+#              lists, the metadata allocators and the statistics.
+#
+# Locking: every function that changes heap metadata is called with the GIL
+# held (the Python API holds it). Only clears of memory that is already
+# allocated and not yet visible run without it.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t
+
+cdef extern from "sizeclasses.h" nogil:
+    const uint32_t pyarena_class_to_size[]
+    const uint8_t pyarena_class_to_allocnpages[]
+    const uint16_t pyarena_class_to_nelems[]
+    const uint16_t pyarena_class_to_minalign[]
+    const uint32_t pyarena_class_to_divmagic[]
+    const uint8_t pyarena_size_to_class8[]
+    const uint8_t pyarena_size_to_class128[]
+
+
+cdef enum:
+    PAGE_SHIFT = 13
+    PAGE_SIZE = 1 << PAGE_SHIFT             # Go: _PageSize, 8 KiB
+    MAX_SMALL_SIZE = 32768                  # Go: _MaxSmallSize
+    SMALL_SIZE_MAX = 1024                   # Go: smallSizeMax, end of size_to_class8
+    NUM_SIZE_CLASSES = 68                   # Go: _NumSizeClasses, class 0 = large
+    MAX_OBJS_PER_SPAN = 1024                # class 1: 8 KiB / 8 B
+    BITMAP_WORDS = MAX_OBJS_PER_SPAN // 64  # 64-bit words of one span bitmap
+    TINY_SIZE = 16                          # Go: maxTinySize
+    TINY_SIZE_CLASS = 2                     # the 16-byte class holds tiny blocks
+
+    # Heap arenas: 64 MiB on 64-bit Linux (Go: heapArenaBytes = 1 << 26).
+    LOG_HEAP_ARENA_BYTES = 26
+    PAGES_PER_ARENA = (1 << LOG_HEAP_ARENA_BYTES) // PAGE_SIZE   # 8192
+    # The arena index: 48-bit user addresses less the 26 in an arena leave
+    # 22 bits, split 10 (L1, in the mheap) + 12 (L2, allocated on use).
+    ARENA_L1_BITS = 10
+    ARENA_L2_BITS = 12
+    ADDR_BITS = 48
+
+    # The heap grows its mapped part in 4 MiB steps (Go: mheap.grow rounds
+    # to 512 pages, one pallocChunk).
+    HEAP_GROW_PAGES = 512
+    # Free runs shorter than this sit in exact-size lists; longer in one list.
+    MAX_FREE_LIST_PAGES = 128
+
+    # Persistent metadata (Go: persistentChunkSize 256 KiB, maxBlock 64 KiB,
+    # _FixAllocChunk 16 KiB).
+    PERSISTENT_CHUNK_SIZE = 256 << 10
+    PERSISTENT_MAX_BLOCK = 64 << 10
+    FIX_ALLOC_CHUNK = 16 << 10
+
+    # Go: memclrNoHeapPointersChunked clears 256 KiB between preemption points.
+    CLEAR_CHUNK = 256 << 10
+
+
+cdef enum spanState:
+    mSpanDead = 0     # record not describing any memory (on a fixalloc list)
+    mSpanInUse = 1    # holds slots of a size class or one large object
+    mSpanFree = 2     # a run of free pages in the page heap
+
+
+cdef enum spanList:
+    inNoList = 0
+    inPartial = 1
+    inFull = 2
+    inFreePages = 3
+
+
+cdef struct mheap
+
+
+cdef struct mspan:
+    mspan* next
+    mspan* prev
+    uintptr_t startAddr       # first byte of the first page
+    uintptr_t npages
+    uintptr_t elemsize        # slot size; a large span's whole size
+    uint32_t divMul           # Go: divMul, slot index = off * divMul >> 32
+    uint16_t nelems           # slots in the span
+    uint16_t freeindex        # slots below it are allocated (Go: freeindex)
+    uint16_t allocCount       # slots allocated, freed-but-unswept included
+    uint16_t nfreed           # slots freed since the last sweep
+    uint16_t freshindex       # slots at and above it never held data since
+                              # the span was made (zero unless needzero)
+    uint8_t sizeclass         # 0 for a large span
+    uint8_t state             # spanState
+    uint8_t needzero          # the span's pages may hold old data
+    uint8_t incache           # an mcache allocates from it
+    uint8_t list              # spanList: which list it is on
+    uint64_t allocCache       # complement of allocBits from freeindex on
+    uint8_t* tinyRefs         # class 2 spans used by the tiny allocator:
+                              # live sub-objects (+1 for the cache) per slot
+    # allocBits: 1 = slot allocated as of the last sweep. Slots below
+    # freeindex count as allocated whatever their bit says (Go's rule).
+    uint64_t allocBits[BITMAP_WORDS]
+    # freeBits: 1 = freed by Python, not yet swept. Go finds dead objects by
+    # marking; here reference counting tells us, one slot at a time.
+    uint64_t freeBits[BITMAP_WORDS]
+
+
+cdef struct mSpanList:
+    mspan* first
+    mspan* last
+
+
+cdef struct persistentAlloc:
+    # Go: persistentAlloc + persistentChunks. Bump allocation in 256 KiB
+    # chunks from the OS; chunks are listed through their first word so
+    # they can be found (inPersistentAlloc) and, unlike Go, unmapped when
+    # their heap is destroyed. Blocks >= 64 KiB get a mapping of their own.
+    uintptr_t base            # current chunk
+    uintptr_t off
+    void* chunks              # chunk list, linked through word 0
+    void* bigs                # own-mapping blocks, linked through word 0,
+                              # word 1 holding the mapping's size
+    uint64_t sys              # bytes mapped for metadata
+    uint64_t nchunks
+
+
+cdef struct fixalloc:
+    # Go: mfixalloc.go. Fixed-size records carved from persistent chunks,
+    # recycled through a free list threaded through the records.
+    uintptr_t size
+    void* list
+    uintptr_t chunk
+    uintptr_t nchunk
+    uintptr_t inuse           # bytes handed out and not freed
+    persistentAlloc* persistent
+
+
+cdef struct heapArena:
+    mheap* heap
+    heapArena* next           # all arenas of the heap
+    uintptr_t base
+    # 1 = the free page reads as zero: never touched since it was mapped, or
+    # given back with sysUnused. For pages of an in-use large span the bit
+    # says the page was zero when the span was allocated and has not been
+    # cleared since; freeSpan clears it.
+    uint64_t scav[PAGES_PER_ARENA // 64]
+    mspan* spans[PAGES_PER_ARENA]    # page -> span (all pages of in-use
+                                     # spans; first and last of free runs)
+
+
+cdef struct mcentral:
+    uint8_t sizeclass
+    mSpanList partial         # spans with a free slot (swept or not)
+    mSpanList full            # spans without
+    uint64_t nspans
+
+
+cdef struct mcache:
+    mheap* heap
+    mcache* next              # the heap's list of live caches
+    mcache* prev
+    mspan* alloc[NUM_SIZE_CLASSES]  # &emptymspan when none
+    uintptr_t tiny            # current tiny block, 0 if none
+    uintptr_t tinyoffset
+    mspan* tinyspan
+    # Allocation counts of this thread (Go keeps them per P and flushes).
+    uint64_t nmalloc[NUM_SIZE_CLASSES]   # [0]: large objects
+    uint64_t allocBytes       # slot bytes handed out, cumulative
+
+
+cdef struct arenaReservation:
+    arenaReservation* next
+    uintptr_t base
+    uintptr_t size
+
+
+cdef struct mheap:
+    uint64_t serial                     # unique per heap in the process
+    heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
+    heapArena* allArenas
+    arenaReservation* reservations
+    # Go: curArena. The unmapped tail of the newest reservation.
+    uintptr_t curArenaBase
+    uintptr_t curArenaEnd
+
+    mSpanList free[MAX_FREE_LIST_PAGES]  # free runs of exactly i pages
+    mSpanList freelarge                  # free runs of >= 128 pages
+    mcentral central[NUM_SIZE_CLASSES]
+
+    persistentAlloc persistent
+    fixalloc spanalloc
+    fixalloc cachealloc
+    fixalloc tinyrefalloc
+    mcache* caches
+
+    # statistics (see MemStats); pages are PAGE_SIZE
+    uint64_t pagesMapped      # heap_sys
+    uint64_t pagesInUse       # heap_inuse
+    uint64_t pagesReleased    # heap_released (free pages reading zero)
+    uint64_t nfree[NUM_SIZE_CLASSES]
+    uint64_t freedBytes
+    uint64_t retiredMalloc[NUM_SIZE_CLASSES]  # counts of ended threads
+    uint64_t retiredAllocBytes
+    uint64_t nsweeps
+    uint64_t ngrow
