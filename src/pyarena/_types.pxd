@@ -38,13 +38,14 @@ cdef enum:
     SMALL_SIZE_MAX = 1024                   # Go: smallSizeMax, end of size_to_class8
     NUM_SIZE_CLASSES = 68                   # Go: _NumSizeClasses, class 0 = large
     MAX_OBJS_PER_SPAN = 1024                # class 1: 8 KiB / 8 B
-    BITMAP_WORDS = MAX_OBJS_PER_SPAN // 64  # 64-bit words of one span bitmap
+    BITMAP_WORDS = 16                       # MAX_OBJS_PER_SPAN / 64-bit words
     TINY_SIZE = 16                          # Go: maxTinySize
     TINY_SIZE_CLASS = 2                     # the 16-byte class holds tiny blocks
 
     # Heap arenas: 64 MiB on 64-bit Linux (Go: heapArenaBytes = 1 << 26).
     LOG_HEAP_ARENA_BYTES = 26
-    PAGES_PER_ARENA = (1 << LOG_HEAP_ARENA_BYTES) // PAGE_SIZE   # 8192
+    PAGES_PER_ARENA = 8192                  # (1 << 26) / PAGE_SIZE
+    SCAV_WORDS = 128                        # PAGES_PER_ARENA / 64
     # The arena index: 48-bit user addresses less the 26 in an arena leave
     # 22 bits, split 10 (L1, in the mheap) + 12 (L2, allocated on use).
     ARENA_L1_BITS = 10
@@ -150,7 +151,7 @@ cdef struct heapArena:
     # given back with sysUnused. For pages of an in-use large span the bit
     # says the page was zero when the span was allocated and has not been
     # cleared since; freeSpan clears it.
-    uint64_t scav[PAGES_PER_ARENA // 64]
+    uint64_t scav[SCAV_WORDS]
     mspan* spans[PAGES_PER_ARENA]    # page -> span (all pages of in-use
                                      # spans; first and last of free runs)
 

@@ -1,0 +1,33 @@
+"""pyarena: the Go runtime's memory allocator, rebuilt in Cython for Python.
+
+Size classes, spans with 64-bit allocCache bitmaps, per-thread caches and a
+page heap on mmapped memory, with Python's reference counts standing in for
+Go's garbage collector.
+
+>>> import pyarena
+>>> b = pyarena.alloc(64)          # a zeroed, writable 64-byte Block
+>>> memoryview(b)[0] = 1
+>>> pyarena.size_class(64)
+(6, 64)
+"""
+
+from pyarena._mem import PHYS_PAGE_SIZE, PHYS_HUGE_PAGE_SIZE, PHYS_HUGE_PAGE_SHIFT
+from pyarena._sizeclasses import (
+    PAGE_SIZE_ as PAGE_SIZE,
+    MAX_SMALL_SIZE_ as MAX_SMALL_SIZE,
+    NUM_SIZE_CLASSES_ as NUM_SIZE_CLASSES,
+    SizeClass,
+    size_class,
+    size_classes,
+)
+from pyarena._mstats import MemStats, SizeClassStats
+from pyarena._heap import Block, Heap, alloc, default_heap, release, stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Block", "Heap", "MemStats", "SizeClass", "SizeClassStats",
+    "alloc", "default_heap", "release", "stats", "size_class", "size_classes",
+    "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
+    "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",
+]

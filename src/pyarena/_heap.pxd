@@ -1,0 +1,29 @@
+# The Python objects of pyarena. See _heap.pyx.
+from libc.stdint cimport uintptr_t
+from pyarena._types cimport mheap, mcache
+
+cdef class Block
+cdef class Heap
+
+cdef class _CacheOwner:
+    cdef mcache* c
+
+cdef class Heap:
+    cdef mheap* h
+    cdef object _tls
+    cdef bint _closed
+    cdef object _final
+    cdef void _destroy(self)
+    cdef mcache* _cache(self) except NULL
+    cdef mcache* _cacheSlow(self) except NULL
+    cdef int _checkOpen(self) except -1
+    cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
+    cdef object _stats(self)
+
+cdef class Block:
+    cdef readonly Heap heap
+    cdef uintptr_t ptr
+    cdef Py_ssize_t _nbytes
+    cdef size_t _slot
+    cdef int _sizeclass
+    cdef bint _tiny

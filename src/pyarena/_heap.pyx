@@ -1,0 +1,493 @@
+# cython: language_level=3
+"""The Python face of the allocator: Heap, Block and the default heap.
+
+A Heap owns one mheap (see _malloc.pyx for how allocation works). A Block is
+one allocation: a writable buffer of exactly nbytes bytes. Reference
+counting is the collector: a Block frees its slot when its last reference
+dies, and anything that can still see the memory (a memoryview, a NumPy
+array made with numpy.frombuffer, a ctypes object from_buffer) holds a
+reference to the Block, so memory Python can reach is never reused. Every
+Block holds a reference to its Heap, so a heap's mappings outlive its
+blocks: close() stops allocation, and the memory is unmapped when the heap
+object itself dies, after the last block.
+
+Per-thread caches. Each thread that allocates from a heap gets an mcache.
+The fast lookup is a small direct-mapped table in C thread-local storage
+keyed by the heap's serial number (never reused, so an entry for a dead
+heap can never match). The slow path keeps an owner object in a
+threading.local of the heap: when the thread ends, or the heap dies,
+Python drops it, and its dealloc gives the cache's spans back. That runs
+with the GIL held, as every change to heap metadata here does.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo, PyObject_GetBuffer, PyBuffer_Release
+from cpython.buffer cimport PyBUF_RECORDS_RO
+from libc.stdint cimport uint64_t, uintptr_t
+from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
+                             TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
+                             pyarena_class_to_size, ADDR_BITS)
+from pyarena._mheap cimport mheap_new, mheap_destroy, scavengeAll
+from pyarena._mcache cimport allocmcache, freemcache
+from pyarena._msize cimport alignedClass
+from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
+                              clearLarge, liveObject, FREE_OK)
+from pyarena._mstats import MemStats, SizeClassStats
+import _thread
+
+cdef extern from *:
+    """
+    /* Per-thread cache lookup: heap serial -> mcache, direct-mapped. */
+    #define PYARENA_TLS_WAYS 4
+    static __thread unsigned long long pyarena_tls_serial[PYARENA_TLS_WAYS];
+    static __thread void *pyarena_tls_cache[PYARENA_TLS_WAYS];
+    static inline void *pyarena_tls_get(unsigned long long serial) {
+        unsigned int k = (unsigned int)(serial & (PYARENA_TLS_WAYS - 1));
+        return pyarena_tls_serial[k] == serial ? pyarena_tls_cache[k] : NULL;
+    }
+    static inline void pyarena_tls_set(unsigned long long serial, void *c) {
+        unsigned int k = (unsigned int)(serial & (PYARENA_TLS_WAYS - 1));
+        pyarena_tls_serial[k] = serial;
+        pyarena_tls_cache[k] = c;
+    }
+    static inline void pyarena_tls_forget(void *c) {
+        for (unsigned int k = 0; k < PYARENA_TLS_WAYS; k++)
+            if (pyarena_tls_cache[k] == c) {
+                pyarena_tls_serial[k] = 0;
+                pyarena_tls_cache[k] = 0;
+            }
+    }
+    """
+    void* tls_get "pyarena_tls_get"(unsigned long long serial) noexcept nogil
+    void tls_set "pyarena_tls_set"(unsigned long long serial, void* c) noexcept nogil
+    void tls_forget "pyarena_tls_forget"(void* c) noexcept nogil
+
+
+# Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
+# request past it cannot be satisfied whatever the machine.
+cdef size_t MAX_ALLOC = (<size_t>1) << (ADDR_BITS - 1)
+
+
+@cython.final
+cdef class _CacheOwner:
+    """Holds one thread's mcache of one heap; its death returns the cache."""
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            tls_forget(self.c)
+            freemcache(self.c)
+            self.c = NULL
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Block:
+    """One allocation from a pyarena heap: a writable buffer of ``nbytes``
+    bytes.
+
+    Blocks are made by ``Heap.alloc``, never directly. A Block supports the
+    buffer protocol (``memoryview(block)``, ``numpy.frombuffer(block)``,
+    ``ctypes.c_char.from_buffer(block)``); every such view keeps the Block,
+    and so the memory, alive. The memory is freed when the last reference
+    dies.
+
+    Attributes
+    ----------
+    address : int
+        Address of the first byte.
+    nbytes : int
+        Size of the buffer in bytes.
+    size_class : int
+        The size class the memory came from; 0 for a large object (or a
+        zero-size block).
+    slot_size : int
+        Bytes the allocation occupies: the class's slot size, or the large
+        object's whole pages; 0 for a zero-size block.
+    heap : Heap
+        The heap the memory belongs to.
+    """
+    def __cinit__(self):
+        self.ptr = 0
+
+    def __dealloc__(self):
+        if self.ptr != 0 and self._nbytes != 0 and self.heap is not None:
+            # The heap is alive (we hold it) and its mheap too: a heap is
+            # destroyed early only when it has no live objects.
+            freeObject(self.heap.h, self.ptr, self._tiny)
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, <void*>self.ptr, self._nbytes, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+    def __len__(self):
+        return self._nbytes
+
+    @property
+    def address(self):
+        return self.ptr
+
+    @property
+    def nbytes(self):
+        return self._nbytes
+
+    @property
+    def size_class(self):
+        return self._sizeclass
+
+    @property
+    def slot_size(self):
+        return self._slot
+
+    def __repr__(self):
+        return (f"<pyarena.Block {self._nbytes} bytes at {self.ptr:#x}, "
+                f"class {self._sizeclass} ({self._slot} B slots)>")
+
+
+cdef inline Block newBlock(Heap heap, uintptr_t p, Py_ssize_t nbytes, int sizeclass,
+                           size_t slot, bint tiny):
+    cdef Block b = Block.__new__(Block)
+    b.heap = heap
+    b.ptr = p
+    b._nbytes = nbytes
+    b._sizeclass = sizeclass
+    b._slot = slot
+    b._tiny = tiny
+    return b
+
+
+cdef class Heap:
+    """A heap of its own: Go's allocator over memory mapped for it alone.
+
+    Use ``default_heap()`` for the process-wide heap; make a ``Heap()`` to
+    keep a workload's memory apart (its statistics, its release, its
+    lifetime). A heap is a context manager: ``with Heap() as h:`` closes it
+    on exit.
+
+    Notes
+    -----
+    Allocation and free run with the GIL held. Closing a heap stops
+    allocation; blocks still alive stay valid, and the heap's memory is
+    unmapped when the last of them (and the heap object) is gone.
+    """
+
+    def __cinit__(self):
+        self.h = mheap_new()
+        if self.h == NULL:
+            raise MemoryError("cannot map memory for a new heap")
+        self._tls = _thread._local()
+        self._closed = False
+        self._final = None
+
+    def __dealloc__(self):
+        self._destroy()
+
+    cdef void _destroy(self):
+        if self.h == NULL:
+            return
+        # Dropping the thread-local drops every thread's cache owner, which
+        # returns the caches to this (still mapped) heap.
+        self._tls = None
+        mheap_destroy(self.h)
+        self.h = NULL
+
+    cdef mcache* _cache(self) except NULL:
+        cdef mcache* c = <mcache*>tls_get(self.h.serial)
+        if c != NULL:
+            return c
+        return self._cacheSlow()
+
+    cdef mcache* _cacheSlow(self) except NULL:
+        cdef _CacheOwner owner = getattr(self._tls, "owner", None)
+        if owner is None:
+            owner = _CacheOwner.__new__(_CacheOwner)
+            owner.c = allocmcache(self.h)
+            if owner.c == NULL:
+                raise MemoryError("cannot allocate a thread cache")
+            self._tls.owner = owner
+        tls_set(self.h.serial, owner.c)
+        return owner.c
+
+    cdef int _checkOpen(self) except -1:
+        if self._closed:
+            raise ValueError("allocation from a closed heap")
+        return 0
+
+    cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero):
+        cdef mcache* c
+        cdef uintptr_t p
+        cdef int cls
+        cdef mspan* s
+        cdef Block b
+        if nbytes <= 0:
+            if nbytes == 0:
+                return newBlock(self, zerobaseAddr(), 0, 0, 0, False)
+            raise ValueError(f"negative size: {nbytes}")
+        c = self._cache()
+        if nbytes <= MAX_SMALL_SIZE:
+            if nbytes < TINY_SIZE and align == 0:
+                p = mallocTiny(c, <size_t>nbytes)
+                if p == 0:
+                    raise MemoryError(f"cannot allocate {nbytes} bytes")
+                return newBlock(self, p, nbytes, TINY_SIZE_CLASS, TINY_SIZE, True)
+            cls = alignedClass(<size_t>nbytes, align)
+            if cls != 0:
+                p = mallocSmall(c, cls, <size_t>nbytes, zero)
+                if p == 0:
+                    raise MemoryError(f"cannot allocate {nbytes} bytes")
+                return newBlock(self, p, nbytes, cls, pyarena_class_to_size[cls], False)
+        if <size_t>nbytes > MAX_ALLOC:
+            raise MemoryError(f"allocation size out of range: {nbytes} bytes")
+        s = mallocLarge(c, (<size_t>nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        if s == NULL:
+            raise MemoryError(f"cannot allocate {nbytes} bytes: out of memory "
+                              "or address space")
+        # Made before the clear, so that an interrupted clear frees it.
+        b = newBlock(self, s.startAddr, nbytes, 0, s.elemsize, False)
+        if zero:
+            clearLarge(self.h, s, <size_t>nbytes)
+        return b
+
+    def alloc(self, Py_ssize_t nbytes, *, bint zero=True, align=None):
+        """Allocate ``nbytes`` bytes.
+
+        Parameters
+        ----------
+        nbytes : int
+            Size in bytes, >= 0. ``0`` gives a zero-length block at the one
+            address all zero-size allocations share (Go's zerobase).
+        zero : bool, optional
+            Whether the memory must read as zero (default). Memory that is
+            known to be zero already (fresh or released pages, slots never
+            used) is not cleared again either way.
+        align : int, optional
+            Alignment of the address, a power of two up to ``PAGE_SIZE``.
+            Without it the address has the size class's natural alignment,
+            and at least 16 for ``nbytes >= 16``.
+
+        Returns
+        -------
+        Block
+
+        Raises
+        ------
+        ValueError
+            Negative ``nbytes``, a bad ``align``, or a closed heap.
+        TypeError
+            ``nbytes`` or ``align`` not an integer.
+        OverflowError
+            ``nbytes`` too large for a C size.
+        MemoryError
+            The memory cannot be mapped.
+        """
+        cdef size_t a = 0
+        if self._closed:
+            raise ValueError("allocation from a closed heap")
+        if align is not None:
+            a = _checkAlign(align)
+        return self._alloc(nbytes, a, zero)
+
+    def owns(self, obj):
+        """Whether ``obj`` lies in this heap's live memory.
+
+        Parameters
+        ----------
+        obj : int, Block or buffer
+            An address; a Block (True when it came from this heap); or any
+            object exporting a buffer, such as a memoryview or a NumPy
+            array, whose bytes must all lie in one live allocation of this
+            heap. A zero-length buffer is judged by the object behind it
+            (``.obj`` of a memoryview, ``.base`` of an array).
+
+        Returns
+        -------
+        bool
+
+        Notes
+        -----
+        A tiny block counts as live as a whole while any value carved from
+        it is alive.
+        """
+        cdef Py_buffer view
+        cdef uintptr_t lo, hi, start, size
+        cdef Py_ssize_t i, extent
+        if isinstance(obj, Block):
+            return (<Block>obj).heap is self
+        if self.h == NULL:
+            return False
+        if isinstance(obj, int):
+            if obj < 0 or obj >= 0x1000000000000:  # 1 << ADDR_BITS
+                return False
+            return liveObject(self.h, <uintptr_t>obj, &start, &size) != NULL
+        PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
+        try:
+            if view.len == 0:
+                inner = _baseOf(obj)
+                return inner is not None and self.owns(inner)
+            lo = hi = <uintptr_t>view.buf
+            for i in range(view.ndim):
+                extent = (view.shape[i] - 1) * view.strides[i]
+                if extent < 0:
+                    lo += extent
+                else:
+                    hi += extent
+            hi += view.itemsize - 1
+        finally:
+            PyBuffer_Release(&view)
+        if liveObject(self.h, lo, &start, &size) == NULL:
+            return False
+        return hi < start + size
+
+    def stats(self):
+        """A snapshot of the heap's statistics.
+
+        Returns
+        -------
+        MemStats
+        """
+        return self._stats()
+
+    cdef object _stats(self):
+        cdef mheap* h = self.h
+        cdef mcache* c
+        cdef int i
+        cdef uint64_t m, f, allocBytes
+        if h == NULL:
+            return self._final
+        mallocs = [h.retiredMalloc[i] for i in range(NUM_SIZE_CLASSES)]
+        allocBytes = h.retiredAllocBytes
+        c = h.caches
+        while c != NULL:
+            for i in range(NUM_SIZE_CLASSES):
+                mallocs[i] += c.nmalloc[i]
+            allocBytes += c.allocBytes
+            c = c.next
+        by_size = tuple(SizeClassStats(pyarena_class_to_size[i], mallocs[i], h.nfree[i])
+                        for i in range(NUM_SIZE_CLASSES))
+        m = sum(mallocs)
+        f = sum([h.nfree[i] for i in range(NUM_SIZE_CLASSES)])
+        return MemStats(
+            heap_alloc=allocBytes - h.freedBytes,
+            heap_sys=h.pagesMapped << PAGE_SHIFT,
+            heap_idle=(h.pagesMapped - h.pagesInUse) << PAGE_SHIFT,
+            heap_inuse=h.pagesInUse << PAGE_SHIFT,
+            heap_released=h.pagesReleased << PAGE_SHIFT,
+            heap_objects=m - f,
+            mallocs=m,
+            frees=f,
+            total_alloc=allocBytes,
+            metadata_sys=h.persistent.sys + sizeof(mheap),
+            persistent_chunks=h.persistent.nchunks,
+            sweeps=h.nsweeps,
+            by_size=by_size,
+        )
+
+    def release(self):
+        """Return every free page to the OS.
+
+        Released pages read as zero when used again, so they are not
+        cleared again; they cost a page fault instead.
+
+        Returns
+        -------
+        int
+            Bytes released by this call.
+        """
+        if self.h == NULL:
+            return 0
+        return scavengeAll(self.h)
+
+    def close(self):
+        """Stop allocation from this heap.
+
+        Blocks still alive stay valid. When no object is alive the heap's
+        memory is unmapped now; otherwise free pages are released to the OS
+        now and the rest is unmapped when the heap object dies. Calling it
+        again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self.h == NULL:
+            return
+        st = self._stats()
+        if st.heap_objects == 0:
+            import dataclasses
+            self._final = dataclasses.replace(
+                st, heap_sys=0, heap_idle=0, heap_inuse=0, heap_released=0,
+                metadata_sys=0, persistent_chunks=0)
+            self._destroy()
+        else:
+            scavengeAll(self.h)
+
+    @property
+    def closed(self):
+        """True once ``close()`` has been called."""
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"<pyarena.Heap {state} at {id(self):#x}>"
+
+
+cdef size_t _checkAlign(object align) except 0:
+    if not isinstance(align, int):
+        raise TypeError(f"align must be an int, not {type(align).__name__}")
+    if align <= 0 or align & (align - 1) or align > PAGE_SIZE:
+        raise ValueError(f"align must be a power of two from 1 to {PAGE_SIZE}, "
+                         f"got {align}")
+    return <size_t>align
+
+
+cdef object _baseOf(object obj):
+    """The object a zero-length buffer stands on: a Block, a memoryview's
+    exporter, an array's base."""
+    seen = 0
+    while obj is not None and seen < 64:
+        if isinstance(obj, Block):
+            return obj
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+        else:
+            obj = getattr(obj, "base", None)
+        seen += 1
+    return None
+
+
+cdef Heap _default = None
+
+
+def default_heap():
+    """The process-wide heap behind the module-level functions.
+
+    Returns
+    -------
+    Heap
+    """
+    global _default
+    if _default is None:
+        _default = Heap()
+    return _default
+
+
+def alloc(Py_ssize_t nbytes, *, bint zero=True, align=None):
+    """``default_heap().alloc(nbytes, zero=zero, align=align)``."""
+    return default_heap().alloc(nbytes, zero=zero, align=align)
+
+
+def stats():
+    """``default_heap().stats()``."""
+    return default_heap().stats()
+
+
+def release():
+    """``default_heap().release()``."""
+    return default_heap().release()

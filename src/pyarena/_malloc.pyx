@@ -1,0 +1,263 @@
+# cython: language_level=3
+"""Memory allocator: the overview, and the allocation entry points (Go:
+malloc.go).
+
+pyarena is the Go runtime's allocator with Python's reference counts in
+place of Go's garbage collector. The main allocator works in runs of 8 KiB
+pages. Small sizes (up to 32 KiB) are rounded to one of 67 size classes,
+each with its own span of slots; large sizes get a span of whole pages.
+
+The pieces, bottom up (one module each):
+
+    _mem              the OS: reserve, map, give back, huge-page advice.
+    _persistentalloc  metadata memory in 256 KiB chunks (and _mfixalloc:
+                      fixed-size records with free lists).
+    _mheap            the page heap: 64 MiB arenas, spanOf, runs of free
+                      pages that coalesce, released pages known to be zero.
+    _mspan            a span's slots: allocBits, the allocCache window,
+                      nextFreeIndex, sweep.
+    _mcentral         per size class, spans no thread allocates from.
+    _mcache           per thread and heap, the span each class allocates
+                      from now and the tiny block.
+    _malloc           this module: mallocgc's small, tiny and large paths,
+                      free, and the chunked clear.
+    _heap             the Python objects: Heap, Block, the default heap.
+
+Allocating a small object goes up the hierarchy only as far as it must:
+
+    1. Round the size up to its class and look in this thread's mcache for
+       the cached span of that class: nextFreeFast finds a free slot with one
+       count-trailing-zeros on allocCache. No lock, no Python object.
+    2. If the span has no free slot, sweep it if slots in it were freed, or
+       else swap it for a span from mcentral with free slots.
+    3. If mcentral has none, allocate a span of the class's page count from
+       the page heap.
+    4. If the page heap has no run that long, grow: map more of the current
+       arena, or reserve a new one from the OS.
+
+Freeing: when the last Python reference to a Block dies, its slot is marked
+in the span's freeBits. That is the stand-in for "not marked" in Go; the
+slot is reused only after the span is swept. A span whose last live slot
+dies while no cache holds it goes straight back to the page heap; a large
+object's pages go back at once.
+
+Zeroing: memory is cleared only when it may hold old data. Pages fresh from
+the OS, and pages given back with MADV_DONTNEED, read as zero, and the page
+heap tracks them per page (scav bits). A small span made of such pages
+hands out zeroed slots until it is first swept, and even then slots above
+its high-water mark (freshindex) stay zero. A large object clears only its
+dirty pages, in 256 KiB chunks with the GIL released, checking for Ctrl-C
+between chunks (Go: memclrNoHeapPointersChunked, preemptible there).
+
+Tiny objects (1..15 bytes, no alignment asked for) share 16-byte blocks, as
+in Go; a block lives until every value carved from it has died. Zero-size
+allocations all return one address, zerobase.
+"""
+
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
+from cpython.exc cimport PyErr_CheckSignals
+from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS,
+                             PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK)
+from pyarena._mfixalloc cimport fixalloc_alloc
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
+from pyarena._mcache cimport nextFree, releaseTiny
+from pyarena._mcentral cimport freeSlot
+from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
+
+
+# The base address of all zero-byte allocations (Go: zerobase). Nothing is
+# ever stored there: a zero-length buffer cannot be written.
+cdef uint64_t zerobase = 0
+
+
+cdef uintptr_t zerobaseAddr() noexcept nogil:
+    return <uintptr_t>&zerobase
+
+
+cdef uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
+    """A slot of sizeclass from the thread's cache, its first nbytes zeroed
+    if needzero; 0 without memory."""
+    cdef mspan* s = c.alloc[sizeclass]
+    cdef uintptr_t v = nextFreeFast(s)
+    if v == 0:
+        v = nextFree(c, sizeclass)
+        if v == 0:
+            return 0
+        s = c.alloc[sizeclass]
+    c.nmalloc[sizeclass] += 1
+    c.allocBytes += s.elemsize
+    if needzero and (s.needzero or v < s.startAddr + <uintptr_t>s.freshindex * s.elemsize):
+        memset(<void*>v, 0, nbytes)
+    return v
+
+
+cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
+    """size (1..15) zeroed bytes carved from the cache's tiny block (Go: the
+    tiny allocator in mallocgc); 0 without memory.
+
+    Each 16-byte block keeps a count of the values carved from it, plus one
+    while it is the cache's current block; it is freed when that reaches 0.
+    """
+    cdef uintptr_t off = c.tinyoffset
+    cdef uintptr_t x
+    cdef mspan* s
+    cdef unsigned int idx
+    # Align the offset the way the size's low bits ask (Go's rule).
+    if size & 7 == 0:
+        off = (off + 7) & ~(<uintptr_t>7)
+    elif size & 3 == 0:
+        off = (off + 3) & ~(<uintptr_t>3)
+    elif size & 1 == 0:
+        off = (off + 1) & ~(<uintptr_t>1)
+    if off + size <= TINY_SIZE and c.tiny != 0:
+        x = c.tiny + off
+        c.tinyoffset = off + size
+        c.tinyspan.tinyRefs[objIndex(c.tinyspan, c.tiny)] += 1
+        c.nmalloc[TINY_SIZE_CLASS] += 1
+        return x
+    # A new block.
+    s = c.alloc[TINY_SIZE_CLASS]
+    x = nextFreeFast(s)
+    if x == 0:
+        x = nextFree(c, TINY_SIZE_CLASS)
+        if x == 0:
+            return 0
+        s = c.alloc[TINY_SIZE_CLASS]
+    if s.tinyRefs == NULL:
+        s.tinyRefs = <unsigned char*>fixalloc_alloc(&c.heap.tinyrefalloc)
+        if s.tinyRefs == NULL:
+            # Give the slot back unused.
+            freeSlot(c.heap, s, <unsigned int>objIndex(s, x))
+            return 0
+    idx = <unsigned int>objIndex(s, x)
+    if s.needzero or idx < s.freshindex:
+        memset(<void*>x, 0, TINY_SIZE)
+    s.tinyRefs[idx] = 1
+    c.nmalloc[TINY_SIZE_CLASS] += 1
+    c.allocBytes += TINY_SIZE
+    if size < c.tinyoffset or c.tiny == 0:
+        # The new block has more room left than the old one: keep it.
+        releaseTiny(c)
+        c.tiny = x
+        c.tinyoffset = size
+        c.tinyspan = s
+        s.tinyRefs[idx] += 1
+    return x
+
+
+cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil:
+    """A span of its own for one large object (Go: mcache.allocLarge). Its
+    pages' scav bits say which pages still read as zero; see clearLarge."""
+    cdef mspan* s = allocSpan(c.heap, npages, 0)
+    if s == NULL:
+        return NULL
+    s.allocCount = 1
+    s.freeindex = 1
+    c.nmalloc[0] += 1
+    c.allocBytes += npages << PAGE_SHIFT
+    return s
+
+
+cdef int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
+    """Record that the object at p died (its last reference went away).
+    Checks that p is the start of a live object of h (for a tiny value: an
+    address inside a live tiny block) and returns a FREE_* code."""
+    cdef mspan* s = spanOf(h, p)
+    cdef uintptr_t idx
+    if s == NULL:
+        return FREE_NOT_IN_HEAP
+    if s.sizeclass == 0:
+        if p != s.startAddr:
+            return FREE_NOT_OBJECT_START
+        if s.allocCount != 1:
+            return FREE_NOT_ALLOCATED
+        s.allocCount = 0
+        h.nfree[0] += 1
+        h.freedBytes += s.elemsize
+        freeSpan(h, s)
+        return FREE_OK
+    idx = objIndex(s, p)
+    if tiny:
+        if s.tinyRefs == NULL or s.tinyRefs[idx] == 0:
+            return FREE_NOT_ALLOCATED
+        h.nfree[TINY_SIZE_CLASS] += 1
+        s.tinyRefs[idx] -= 1
+        if s.tinyRefs[idx] == 0:
+            h.freedBytes += TINY_SIZE
+            freeSlot(h, s, <unsigned int>idx)
+        return FREE_OK
+    if p != s.startAddr + idx * s.elemsize:
+        return FREE_NOT_OBJECT_START
+    if not isAllocated(s, idx) or isFreed(s, idx) or \
+            (s.tinyRefs != NULL and s.tinyRefs[idx] != 0):
+        return FREE_NOT_ALLOCATED
+    h.nfree[s.sizeclass] += 1
+    h.freedBytes += s.elemsize
+    freeSlot(h, s, <unsigned int>idx)
+    return FREE_OK
+
+
+cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:
+    """The span of the live object (or live tiny block) holding address p,
+    with the object's start and slot size; NULL if p is not in one."""
+    cdef mspan* s = spanOf(h, p)
+    cdef uintptr_t idx
+    if s == NULL:
+        return NULL
+    if s.sizeclass == 0:
+        if s.allocCount != 1:
+            return NULL
+        start[0] = s.startAddr
+        size[0] = s.elemsize
+        return s
+    idx = objIndex(s, p)
+    if idx >= s.nelems or not isAllocated(s, idx) or isFreed(s, idx):
+        return NULL
+    start[0] = s.startAddr + idx * s.elemsize
+    size[0] = s.elemsize
+    return s
+
+
+cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil:
+    cdef uintptr_t start, size
+    return liveObject(h, p, &start, &size) != NULL
+
+
+cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
+    """Zero n bytes at p with the GIL released, CLEAR_CHUNK bytes at a time,
+    checking for signals between chunks so that Ctrl-C interrupts a long
+    clear (Go: memclrNoHeapPointersChunked, preemptible between chunks).
+    Call with the GIL held, on memory no other thread can see."""
+    cdef size_t chunk
+    if n <= CLEAR_CHUNK:
+        memset(p, 0, n)
+        return 0
+    while n:
+        chunk = n if n < CLEAR_CHUNK else CLEAR_CHUNK
+        with nogil:
+            memset(p, 0, chunk)
+        p += chunk
+        n -= chunk
+        if n and PyErr_CheckSignals() < 0:
+            return -1
+    return 0
+
+
+cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
+    """Zero the first nbytes of large span s, skipping pages that still read
+    as zero (their scav bits are set): those are never touched, so they
+    cost no page fault."""
+    cdef uintptr_t end = s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
+    cdef uintptr_t a = s.startAddr
+    cdef uintptr_t b
+    if not s.needzero:
+        return 0
+    while a < end:
+        a = nextDirtyPage(h, a, end)
+        if a >= end:
+            break
+        b = nextCleanPage(h, a, end)
+        memclrNoHeapPointersChunked(<char*>a, b - a)
+        a = b
+    return 0

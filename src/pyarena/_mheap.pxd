@@ -1,0 +1,43 @@
+# The page heap and the address space (Go: mheap.go, heapArena in malloc.go).
+# See _mheap.pyx.
+
+from libc.stdint cimport uintptr_t
+from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PAGE_SIZE,
+                             LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
+                             ADDR_BITS, PAGES_PER_ARENA)
+
+cdef mheap* mheap_new() noexcept nogil
+cdef void mheap_destroy(mheap* h) noexcept nogil
+cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil
+cdef void freeSpan(mheap* h, mspan* s) noexcept nogil
+cdef uintptr_t scavengeAll(mheap* h) noexcept nogil
+cdef uintptr_t countScav(mheap* h, uintptr_t base, uintptr_t npages) noexcept nogil
+cdef uintptr_t nextCleanPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil
+cdef uintptr_t nextDirtyPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil
+
+
+cdef inline heapArena* arenaOf(mheap* h, uintptr_t p) noexcept nogil:
+    """The heap's arena holding address p, or NULL (Go: the arenas index
+    walked by spanOf)."""
+    if p >> ADDR_BITS:
+        return NULL
+    cdef uintptr_t ai = p >> LOG_HEAP_ARENA_BYTES
+    cdef heapArena** l2 = h.arenas[ai >> ARENA_L2_BITS]
+    if l2 == NULL:
+        return NULL
+    return l2[ai & ((1 << ARENA_L2_BITS) - 1)]
+
+
+cdef inline mspan* spanOf(mheap* h, uintptr_t p) noexcept nogil:
+    """The in-use span holding address p, or NULL: for any address, in the
+    heap or not, in O(1) (Go: spanOf + the mSpanInUse check of
+    spanOfHeap). spans[] may hold stale records for pages inside free runs;
+    the bounds and state checks reject them."""
+    cdef heapArena* ha = arenaOf(h, p)
+    if ha == NULL:
+        return NULL
+    cdef mspan* s = ha.spans[(p - ha.base) >> PAGE_SHIFT]
+    if s == NULL or s.state != mSpanInUse or p < s.startAddr or \
+            p >= s.startAddr + (s.npages << PAGE_SHIFT):
+        return NULL
+    return s

@@ -1,0 +1,425 @@
+# cython: language_level=3
+"""The page heap: address space in 64 MiB arenas, handed out as spans of
+8 KiB pages (Go: mheap.go, and heapArena, sysAlloc and the arena index in
+malloc.go). See _malloc.pyx for the overview.
+
+Address space. The heap reserves 64 MiB-aligned arenas (sysReserveAligned),
+PROT_NONE, and maps the newest reservation in 4 MiB steps as it grows (Go's
+curArena). Each arena has a heapArena record: spans[], one entry per page,
+and scav[], one bit per page. A two-level index in the mheap (10 + 12 bits of
+the address above the arena offset) finds the arena of any address, so
+spanOf costs two loads and a bounds check. A request larger than an arena
+reserves several contiguous arenas.
+
+Free pages. Runs of free pages are mspan records in state mSpanFree, kept
+in exact-size lists for runs under 128 pages and in one list above (first
+fit, then best fit). A free run records itself in spans[] at its first and
+last page, so freeSpan finds its neighbours in O(1) and coalesces with them
+(the pre-1.14 Go page heap; Go now uses a radix tree of bitmaps, which pays
+off at much larger heaps than a Python process holds).
+
+Zeroed pages. scav bit set = the free page reads as zero: it was never
+touched since mapping (fresh pages count as released, as in Go's
+pageAlloc.grow) or it was given back with MADV_DONTNEED (sysUnused). This is
+what lets allocation skip clearing: a span made only of such pages needs no
+zeroing, and a large object clears only its dirty pages. heap_released
+counts these pages.
+
+Invariants (checked by _testing.check_heap): free runs never touch each
+other (they would have been coalesced); pagesInUse is the sum of in-use
+spans' pages; pagesMapped = pagesInUse + free pages; pagesReleased is the
+number of free pages with their scav bit set.
+"""
+
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
+from pyarena._types cimport (
+    mheap, mspan, mcache, heapArena, mcentral, mSpanList, arenaReservation,
+    mSpanDead, mSpanInUse, mSpanFree, inNoList, inFreePages,
+    PAGE_SHIFT, PAGE_SIZE, LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
+    ADDR_BITS, PAGES_PER_ARENA, HEAP_GROW_PAGES, MAX_FREE_LIST_PAGES,
+    NUM_SIZE_CLASSES, TINY_SIZE_CLASS)
+from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHugePage,
+                           sysUnused, physPageSize)
+from pyarena._persistentalloc cimport persistentalloc, persistentfreeall
+from pyarena._mfixalloc cimport fixinit, fixalloc_alloc, fixalloc_free
+from pyarena._mspan cimport initSpan, spanListPush, spanListRemove
+from pyarena._mheap cimport arenaOf
+
+cdef enum:
+    HEAP_ARENA_BYTES = 1 << LOG_HEAP_ARENA_BYTES
+
+# Every heap gets a serial number that is never reused in the process: a
+# per-thread cache entry keyed by a dead heap's serial can never match.
+cdef uint64_t _nextSerial = 1
+
+
+cdef mheap* mheap_new() noexcept nogil:
+    """A new, empty heap (Go: mheap.init), or NULL without memory."""
+    global _nextSerial
+    cdef mheap* h = <mheap*>sysAllocOS(sizeof(mheap))
+    cdef int i
+    if h == NULL:
+        return NULL
+    h.serial = _nextSerial
+    _nextSerial += 1
+    fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
+    fixinit(&h.cachealloc, sizeof(mcache), &h.persistent)
+    fixinit(&h.tinyrefalloc, 512, &h.persistent)
+    for i in range(NUM_SIZE_CLASSES):
+        h.central[i].sizeclass = <unsigned char>i
+    return h
+
+
+cdef void mheap_destroy(mheap* h) noexcept nogil:
+    """Unmap everything the heap has: arenas, metadata and the record itself.
+    Nothing of it may be used afterwards."""
+    cdef arenaReservation* r = h.reservations
+    cdef arenaReservation* nxt
+    while r != NULL:
+        nxt = r.next
+        sysFree(<void*>r.base, r.size)
+        r = nxt
+    persistentfreeall(&h.persistent)
+    sysFree(h, sizeof(mheap))
+
+
+# ---------------------------------------------------------------------------
+# Per-page metadata across arenas
+
+cdef inline uintptr_t pageIndex(heapArena* ha, uintptr_t addr) noexcept nogil:
+    return (addr - ha.base) >> PAGE_SHIFT
+
+
+cdef void setSpans(mheap* h, uintptr_t base, uintptr_t npages, mspan* s) noexcept nogil:
+    """Record s as the owner of every page in [base, base + npages pages)."""
+    cdef uintptr_t addr = base
+    cdef uintptr_t end = base + (npages << PAGE_SHIFT)
+    cdef heapArena* ha
+    cdef uintptr_t i, stop
+    while addr < end:
+        ha = arenaOf(h, addr)
+        i = pageIndex(ha, addr)
+        stop = PAGES_PER_ARENA
+        if end - ha.base < (stop << PAGE_SHIFT):
+            stop = (end - ha.base) >> PAGE_SHIFT
+        while i < stop:
+            ha.spans[i] = s
+            i += 1
+        addr = ha.base + (stop << PAGE_SHIFT)
+
+
+cdef inline void setSpanEnds(mheap* h, mspan* s) noexcept nogil:
+    cdef heapArena* ha = arenaOf(h, s.startAddr)
+    ha.spans[pageIndex(ha, s.startAddr)] = s
+    cdef uintptr_t last = s.startAddr + ((s.npages - 1) << PAGE_SHIFT)
+    ha = arenaOf(h, last)
+    ha.spans[pageIndex(ha, last)] = s
+
+
+cdef inline bint scavBit(heapArena* ha, uintptr_t i) noexcept nogil:
+    return (ha.scav[i >> 6] >> (i & 63)) & 1
+
+
+cdef uintptr_t setScav(mheap* h, uintptr_t base, uintptr_t npages, bint value) noexcept nogil:
+    """Set or clear the scav bits of a page range; return how many bits
+    were set before."""
+    cdef uintptr_t addr = base
+    cdef uintptr_t end = base + (npages << PAGE_SHIFT)
+    cdef uintptr_t count = 0
+    cdef uintptr_t i
+    cdef heapArena* ha
+    cdef uint64_t bit
+    while addr < end:
+        ha = arenaOf(h, addr)
+        i = pageIndex(ha, addr)
+        bit = (<uint64_t>1) << (i & 63)
+        if ha.scav[i >> 6] & bit:
+            count += 1
+        if value:
+            ha.scav[i >> 6] |= bit
+        else:
+            ha.scav[i >> 6] &= ~bit
+        addr += PAGE_SIZE
+    return count
+
+
+cdef uintptr_t countScav(mheap* h, uintptr_t base, uintptr_t npages) noexcept nogil:
+    cdef uintptr_t addr = base
+    cdef uintptr_t end = base + (npages << PAGE_SHIFT)
+    cdef uintptr_t count = 0
+    cdef heapArena* ha
+    while addr < end:
+        ha = arenaOf(h, addr)
+        count += scavBit(ha, pageIndex(ha, addr))
+        addr += PAGE_SIZE
+    return count
+
+
+cdef uintptr_t nextCleanPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil:
+    """First page address in [addr, end) whose scav bit is set, else end."""
+    cdef heapArena* ha
+    while addr < end:
+        ha = arenaOf(h, addr)
+        if scavBit(ha, pageIndex(ha, addr)):
+            return addr
+        addr += PAGE_SIZE
+    return end
+
+
+cdef uintptr_t nextDirtyPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil:
+    """First page address in [addr, end) whose scav bit is clear, else end."""
+    cdef heapArena* ha
+    while addr < end:
+        ha = arenaOf(h, addr)
+        if not scavBit(ha, pageIndex(ha, addr)):
+            return addr
+        addr += PAGE_SIZE
+    return end
+
+
+# ---------------------------------------------------------------------------
+# Free runs
+
+cdef inline mSpanList* freeListFor(mheap* h, uintptr_t npages) noexcept nogil:
+    if npages < MAX_FREE_LIST_PAGES:
+        return &h.free[npages]
+    return &h.freelarge
+
+
+cdef mspan* freeNeighbour(mheap* h, uintptr_t page) noexcept nogil:
+    """The free run whose first or last page is page, or NULL."""
+    cdef heapArena* ha = arenaOf(h, page)
+    if ha == NULL:
+        return NULL
+    cdef mspan* s = ha.spans[pageIndex(ha, page)]
+    if s == NULL or s.state != mSpanFree or page < s.startAddr or \
+            page >= s.startAddr + (s.npages << PAGE_SHIFT):
+        return NULL
+    return s
+
+
+cdef void insertFree(mheap* h, mspan* s) noexcept nogil:
+    """Put the free run s in the page heap, merged with free neighbours
+    (Go: mheap.freeSpanLocked + coalesce)."""
+    cdef mspan* t
+    s.state = mSpanFree
+    t = freeNeighbour(h, s.startAddr - PAGE_SIZE)
+    if t != NULL:
+        spanListRemove(freeListFor(h, t.npages), t)
+        s.startAddr = t.startAddr
+        s.npages += t.npages
+        t.state = mSpanDead
+        fixalloc_free(&h.spanalloc, t)
+    t = freeNeighbour(h, s.startAddr + (s.npages << PAGE_SHIFT))
+    if t != NULL:
+        spanListRemove(freeListFor(h, t.npages), t)
+        s.npages += t.npages
+        t.state = mSpanDead
+        fixalloc_free(&h.spanalloc, t)
+    setSpanEnds(h, s)
+    spanListPush(freeListFor(h, s.npages), s, inFreePages)
+
+
+cdef mspan* allocPages(mheap* h, uintptr_t npages) noexcept nogil:
+    """Take a run of npages free pages off the free lists, splitting a longer
+    run; NULL when none is long enough."""
+    cdef mspan* s = NULL
+    cdef mspan* t
+    cdef uintptr_t n
+    n = npages
+    while n < MAX_FREE_LIST_PAGES:
+        if h.free[n].first != NULL:
+            s = h.free[n].first
+            break
+        n += 1
+    if s == NULL:
+        # Best fit among the long runs, lowest address on ties.
+        t = h.freelarge.first
+        while t != NULL:
+            if t.npages >= npages and (s == NULL or t.npages < s.npages or
+                                       (t.npages == s.npages and t.startAddr < s.startAddr)):
+                s = t
+            t = t.next
+        if s == NULL:
+            return NULL
+    spanListRemove(freeListFor(h, s.npages), s)
+    if s.npages > npages:
+        t = <mspan*>fixalloc_alloc(&h.spanalloc)
+        if t == NULL:
+            spanListPush(freeListFor(h, s.npages), s, inFreePages)
+            return NULL
+        t.startAddr = s.startAddr + (npages << PAGE_SHIFT)
+        t.npages = s.npages - npages
+        t.state = mSpanFree
+        setSpanEnds(h, t)
+        spanListPush(freeListFor(h, t.npages), t, inFreePages)
+        s.npages = npages
+    return s
+
+
+cdef bint registerArenas(mheap* h, uintptr_t base, uintptr_t size) noexcept nogil:
+    """Create heapArena records for a fresh reservation and index them."""
+    cdef uintptr_t a, ai
+    cdef heapArena* ha
+    cdef heapArena** l2
+    cdef arenaReservation* r = <arenaReservation*>persistentalloc(
+        &h.persistent, sizeof(arenaReservation), 8)
+    if r == NULL:
+        return False
+    a = base
+    while a < base + size:
+        ai = a >> LOG_HEAP_ARENA_BYTES
+        l2 = h.arenas[ai >> ARENA_L2_BITS]
+        if l2 == NULL:
+            l2 = <heapArena**>persistentalloc(
+                &h.persistent, sizeof(heapArena*) << ARENA_L2_BITS, 64)
+            if l2 == NULL:
+                return False
+            h.arenas[ai >> ARENA_L2_BITS] = l2
+        ha = <heapArena*>persistentalloc(&h.persistent, sizeof(heapArena), 4096)
+        if ha == NULL:
+            return False
+        ha.heap = h
+        ha.base = a
+        ha.next = h.allArenas
+        h.allArenas = ha
+        l2[ai & ((1 << ARENA_L2_BITS) - 1)] = ha
+        a += HEAP_ARENA_BYTES
+    r.base = base
+    r.size = size
+    r.next = h.reservations
+    h.reservations = r
+    return True
+
+
+cdef bint grow(mheap* h, uintptr_t npages) noexcept nogil:
+    """Add at least npages fresh pages to the free runs (Go: mheap.grow).
+    False when the address space or the OS says no."""
+    cdef uintptr_t ask, nbytes, base, v
+    cdef mspan* s
+    if npages > ((<uintptr_t>1 << ADDR_BITS) >> PAGE_SHIFT):
+        return False
+    ask = ((npages + HEAP_GROW_PAGES - 1) // HEAP_GROW_PAGES) * HEAP_GROW_PAGES
+    ask <<= PAGE_SHIFT
+    if h.curArenaEnd - h.curArenaBase < ask:
+        # Not enough left in the current reservation: reserve new arenas.
+        # The unmapped rest of the old one stays reserved and unused.
+        nbytes = (ask + HEAP_ARENA_BYTES - 1) & ~(<uintptr_t>HEAP_ARENA_BYTES - 1)
+        base = <uintptr_t>sysReserveAligned(nbytes, HEAP_ARENA_BYTES)
+        if base == 0:
+            return False
+        if (base + nbytes) >> ADDR_BITS or not registerArenas(h, base, nbytes):
+            sysFree(<void*>base, nbytes)
+            return False
+        h.curArenaBase = base
+        h.curArenaEnd = base + nbytes
+    v = h.curArenaBase
+    if sysMap(<void*>v, ask) != 0:
+        return False
+    sysHugePage(<void*>v, ask)
+    s = <mspan*>fixalloc_alloc(&h.spanalloc)
+    if s == NULL:
+        return False
+    h.curArenaBase += ask
+    h.ngrow += 1
+    npages = ask >> PAGE_SHIFT
+    h.pagesMapped += npages
+    h.pagesReleased += npages
+    setScav(h, v, npages, True)     # fresh pages read as zero
+    s.startAddr = v
+    s.npages = npages
+    insertFree(h, s)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Spans in and out
+
+cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil:
+    """An in-use span of npages pages for sizeclass (0: one large object), or
+    NULL when memory cannot be had (Go: mheap.allocSpan).
+
+    A small span's needzero says whether any of its pages may hold old data.
+    A large span keeps its pages' scav bits as a map of which pages still
+    read as zero, so that the caller clears only the others."""
+    cdef mspan* s = allocPages(h, npages)
+    cdef uintptr_t nclean
+    if s == NULL:
+        if not grow(h, npages):
+            return NULL
+        s = allocPages(h, npages)
+        if s == NULL:
+            return NULL
+    s.state = mSpanInUse
+    s.list = inNoList
+    s.next = NULL
+    s.prev = NULL
+    s.tinyRefs = NULL
+    setSpans(h, s.startAddr, npages, s)
+    if sizeclass == 0:
+        nclean = countScav(h, s.startAddr, npages)
+    else:
+        nclean = setScav(h, s.startAddr, npages, False)
+    h.pagesReleased -= nclean
+    h.pagesInUse += npages
+    initSpan(s, sizeclass, nclean < npages)
+    return s
+
+
+cdef void freeSpan(mheap* h, mspan* s) noexcept nogil:
+    """Return an in-use span's pages to the page heap (Go: mheap.freeSpan).
+    Its pages are dirty from now on."""
+    h.pagesInUse -= s.npages
+    setScav(h, s.startAddr, s.npages, False)
+    if s.tinyRefs != NULL:
+        fixalloc_free(&h.tinyrefalloc, s.tinyRefs)
+        s.tinyRefs = NULL
+    s.list = inNoList
+    insertFree(h, s)
+
+
+cdef uintptr_t releaseRun(mheap* h, mspan* s) noexcept nogil:
+    """Give the dirty pages of free run s back to the OS; pages released."""
+    cdef uintptr_t unit = PAGE_SIZE
+    cdef uintptr_t phys = physPageSize()
+    cdef uintptr_t lo, hi, a, b, n = 0
+    if phys > unit:
+        unit = phys
+    # Only whole OS pages inside the run: never touch a neighbour's memory.
+    lo = (s.startAddr + unit - 1) & ~(unit - 1)
+    hi = (s.startAddr + (s.npages << PAGE_SHIFT)) & ~(unit - 1)
+    a = lo
+    while a < hi:
+        a = nextDirtyPage(h, a, hi)
+        if a >= hi:
+            break
+        b = nextCleanPage(h, a, hi)
+        # a and b are page-aligned; round the run to OS pages.
+        a &= ~(unit - 1)
+        b = (b + unit - 1) & ~(unit - 1)
+        if b > hi:
+            b = hi
+        sysUnused(<void*>a, b - a)
+        n += ((b - a) >> PAGE_SHIFT) - setScav(h, a, (b - a) >> PAGE_SHIFT, True)
+        a = b
+    return n
+
+
+cdef uintptr_t scavengeAll(mheap* h) noexcept nogil:
+    """Release every free page to the OS (Go: mheap.scavengeAll); returns
+    bytes released by this call."""
+    cdef uintptr_t n = 0
+    cdef int i
+    cdef mspan* s
+    for i in range(MAX_FREE_LIST_PAGES):
+        s = h.free[i].first
+        while s != NULL:
+            n += releaseRun(h, s)
+            s = s.next
+    s = h.freelarge.first
+    while s != NULL:
+        n += releaseRun(h, s)
+        s = s.next
+    h.pagesReleased += n
+    return n << PAGE_SHIFT

@@ -1,0 +1,87 @@
+"""Heap statistics with Go's meanings (runtime.MemStats).
+
+A snapshot, taken by ``Heap.stats()``; all sizes are in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MemStats", "SizeClassStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class SizeClassStats:
+    """Allocation counts of one size class (Go: MemStats.BySize[i]).
+
+    Attributes
+    ----------
+    size : int
+        The class's slot size; 0 for class 0, which counts large objects.
+    mallocs : int
+        Objects allocated in this class, cumulative. Tiny values count in
+        class 2, whose 16-byte blocks they share.
+    frees : int
+        Objects of this class freed, cumulative.
+    """
+
+    size: int
+    mallocs: int
+    frees: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemStats:
+    """A snapshot of a heap's statistics (Go: runtime.MemStats).
+
+    Identities that hold in every snapshot: ``heap_sys == heap_inuse +
+    heap_idle``, ``heap_released <= heap_idle``, ``heap_objects == mallocs
+    - frees``, and the per-class counts in ``by_size`` add up to
+    ``mallocs`` and ``frees``.
+
+    Attributes
+    ----------
+    heap_alloc : int
+        Bytes in live objects, counted by slot size (a large object by its
+        pages, a live tiny block as 16 bytes).
+    heap_sys : int
+        Bytes of heap memory mapped from the OS.
+    heap_idle : int
+        Mapped bytes in free page runs, released ones included.
+    heap_inuse : int
+        Bytes in spans that hold objects.
+    heap_released : int
+        Idle bytes that read as zero and hold no physical memory: never
+        touched, or given back to the OS.
+    heap_objects : int
+        Live objects.
+    mallocs : int
+        Objects allocated, cumulative (zero-size allocations not counted,
+        as in Go).
+    frees : int
+        Objects freed, cumulative.
+    total_alloc : int
+        Bytes allocated, cumulative, counted as heap_alloc.
+    metadata_sys : int
+        Bytes mapped for the allocator's own records (persistentalloc).
+    persistent_chunks : int
+        256 KiB metadata chunks in use.
+    sweeps : int
+        Spans swept.
+    by_size : tuple of SizeClassStats
+        One record per size class 0..67.
+    """
+
+    heap_alloc: int
+    heap_sys: int
+    heap_idle: int
+    heap_inuse: int
+    heap_released: int
+    heap_objects: int
+    mallocs: int
+    frees: int
+    total_alloc: int
+    metadata_sys: int
+    persistent_chunks: int
+    sweeps: int
+    by_size: tuple[SizeClassStats, ...]
