@@ -1,0 +1,241 @@
+# cython: language_level=3
+"""Testing hooks into the allocator's internals (Go: export_test.go).
+
+Not public API. Tests use these to look at bitmaps, span states, free runs
+and the invariants of each layer instead of guessing from outside.
+"""
+
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanDead, mSpanInUse,
+                             mSpanFree, inNoList, inPartial, inFull, inFreePages,
+                             PAGE_SHIFT, PAGE_SIZE, PAGES_PER_ARENA, NUM_SIZE_CLASSES,
+                             MAX_FREE_LIST_PAGES, BITMAP_WORDS, TINY_SIZE_CLASS,
+                             pyarena_class_to_allocnpages)
+from pyarena._mspan cimport (initSpan, sweep, nextFreeIndex, nextFreeFast, objIndex,
+                             isAllocated, isFreed, popcount64)
+from pyarena._mheap cimport spanOf, arenaOf
+from pyarena._persistentalloc cimport inPersistentAlloc
+from pyarena._heap cimport Heap, Block
+
+STATES = {mSpanDead: "dead", mSpanInUse: "inuse", mSpanFree: "free"}
+LISTS = {inNoList: None, inPartial: "partial", inFull: "full", inFreePages: "free"}
+
+
+cdef object bits(uint64_t* words, unsigned int n):
+    cdef unsigned int w
+    v = 0
+    for w in range((n + 63) >> 6):
+        v |= (<object>words[w]) << (64 * w)
+    return v & ((1 << n) - 1)
+
+
+cdef dict spanDict(mspan* s):
+    return dict(
+        start=s.startAddr, npages=s.npages, state=STATES.get(s.state, s.state),
+        size_class=s.sizeclass, elemsize=s.elemsize, nelems=s.nelems,
+        freeindex=s.freeindex, alloc_count=s.allocCount, nfreed=s.nfreed,
+        freshindex=s.freshindex, needzero=bool(s.needzero), incache=bool(s.incache),
+        list=LISTS.get(s.list, s.list), alloc_cache=s.allocCache,
+        alloc_bits=bits(s.allocBits, s.nelems), free_bits=bits(s.freeBits, s.nelems),
+        tiny=s.tinyRefs != NULL)
+
+
+cdef mheap* heapOf(Heap heap) except NULL:
+    if heap.h == NULL:
+        raise ValueError("heap is destroyed")
+    return heap.h
+
+
+def span_of(Heap heap, uintptr_t addr):
+    """The in-use span holding addr as a dict, or None (spanOf)."""
+    cdef mspan* s = spanOf(heapOf(heap), addr)
+    return None if s == NULL else spanDict(s)
+
+
+def page_owner(Heap heap, uintptr_t addr):
+    """spans[] entry for the page of addr, valid or not, as a dict (or None
+    outside the heap's arenas)."""
+    cdef heapArena* ha = arenaOf(heapOf(heap), addr)
+    if ha == NULL:
+        return None
+    cdef mspan* s = ha.spans[(addr - ha.base) >> PAGE_SHIFT]
+    return None if s == NULL else spanDict(s)
+
+
+def in_persistent_alloc(Heap heap, uintptr_t addr):
+    return inPersistentAlloc(&heapOf(heap).persistent, <void*>addr)
+
+
+def cached_spans(Heap heap):
+    """{sizeclass: span dict} of the calling thread's cache, and its tiny
+    block as (address, offset) or None."""
+    cdef mcache* c = heap._cache()
+    cdef int i
+    out = {}
+    for i in range(NUM_SIZE_CLASSES):
+        if c.alloc[i].state != mSpanDead:
+            out[i] = spanDict(c.alloc[i])
+    tiny = (c.tiny, c.tinyoffset) if c.tiny else None
+    return out, tiny
+
+
+def num_caches(Heap heap):
+    cdef mcache* c = heapOf(heap).caches
+    n = 0
+    while c != NULL:
+        n += 1
+        c = c.next
+    return n
+
+
+def free_runs(Heap heap):
+    """Free page runs as sorted (start, npages, released_pages) tuples."""
+    cdef mheap* h = heapOf(heap)
+    cdef int i
+    cdef mspan* s
+    out = []
+    for i in range(MAX_FREE_LIST_PAGES + 1):
+        s = h.free[i].first if i < MAX_FREE_LIST_PAGES else h.freelarge.first
+        while s != NULL:
+            out.append((s.startAddr, s.npages, _countScav(h, s.startAddr, s.npages)))
+            s = s.next
+    return sorted(out)
+
+
+cdef uintptr_t _countScav(mheap* h, uintptr_t base, uintptr_t npages):
+    cdef uintptr_t n = 0, a
+    cdef heapArena* ha
+    cdef uintptr_t i
+    for a in range(base, base + (npages << PAGE_SHIFT), PAGE_SIZE):
+        ha = arenaOf(h, a)
+        i = (a - ha.base) >> PAGE_SHIFT
+        n += (ha.scav[i >> 6] >> (i & 63)) & 1
+    return n
+
+
+def check_span(dict d):
+    """Assert the small-span invariants listed in _mspan.pxd on a span dict."""
+    n = d["nelems"]
+    fi = d["freeindex"]
+    allocated = d["alloc_bits"] | ((1 << fi) - 1)
+    assert bin(allocated & ((1 << n) - 1)).count("1") == d["alloc_count"], d
+    assert bin(d["free_bits"]).count("1") == d["nfreed"], d
+    assert d["free_bits"] & ~allocated == 0, "a freed slot is not allocated"
+    valid = min(64 - fi % 64, n - fi) if fi < n else 0
+    if valid > 0:
+        window = (~(d["alloc_bits"] >> fi)) & ((1 << valid) - 1)
+        assert d["alloc_cache"] & ((1 << valid) - 1) == window, "allocCache out of step"
+
+
+def check_heap(Heap heap):
+    """Walk every page of every arena and assert the page heap's invariants
+    (see _mheap.pyx); check every small span. Returns a summary dict."""
+    cdef mheap* h = heapOf(heap)
+    cdef heapArena* ha = h.allArenas
+    cdef mspan* s
+    cdef int i, j
+    cdef mSpanList* lst
+    inuse_pages = 0
+    released = 0
+    spans = {}
+    runs = free_runs(heap)
+    run_pages = sum(r[1] for r in runs)
+    released = sum(r[2] for r in runs)
+    for k in range(len(runs) - 1):
+        assert runs[k][0] + (runs[k][1] << PAGE_SHIFT) < runs[k + 1][0], \
+            "free runs touch: not coalesced"
+    # In-use spans: from spans[] of every arena, every page must agree.
+    while ha != NULL:
+        for i in range(PAGES_PER_ARENA):
+            s = ha.spans[i]
+            a = ha.base + (i << PAGE_SHIFT)
+            if s != NULL and s.state == mSpanInUse and s.startAddr <= a < \
+                    s.startAddr + (s.npages << PAGE_SHIFT):
+                spans[s.startAddr] = <uintptr_t>s
+        ha = ha.next
+    for start, ptr in spans.items():
+        s = <mspan*><uintptr_t>ptr
+        inuse_pages += s.npages
+        for a in range(s.startAddr, s.startAddr + (s.npages << PAGE_SHIFT), PAGE_SIZE):
+            assert spanOf(h, a) == s, "spans[] disagrees inside an in-use span"
+        if s.sizeclass:
+            d = spanDict(s)
+            check_span(d)
+            assert s.allocCount > s.nfreed or s.incache, "an empty span is kept"
+            if not s.incache:
+                want = "partial" if (s.allocCount < s.nelems or s.nfreed) else "full"
+                assert d["list"] == want, (d, want)
+    # Spans on central lists are in use and of the list's class.
+    for i in range(NUM_SIZE_CLASSES):
+        for j in range(2):
+            lst = &h.central[i].partial if j == 0 else &h.central[i].full
+            s = lst.first
+            while s != NULL:
+                assert s.state == mSpanInUse and s.sizeclass == i and not s.incache
+                assert s.list == (inPartial if j == 0 else inFull)
+                s = s.next
+    assert inuse_pages == h.pagesInUse, (inuse_pages, h.pagesInUse)
+    assert inuse_pages + run_pages == h.pagesMapped, (inuse_pages, run_pages, h.pagesMapped)
+    assert released == h.pagesReleased, (released, h.pagesReleased)
+    return dict(inuse_pages=inuse_pages, free_pages=run_pages, released_pages=released,
+                spans=len(spans), runs=len(runs))
+
+
+cdef class SpanSim:
+    """One small span with no memory behind it (startAddr 0), to drive
+    nextFreeFast, nextFreeIndex, freeing and sweep directly."""
+    cdef mspan* s
+
+    def __cinit__(self, int sizeclass):
+        if not 1 <= sizeclass < NUM_SIZE_CLASSES:
+            raise ValueError("sizeclass must be 1..67")
+        self.s = <mspan*>calloc(1, sizeof(mspan))
+        if self.s == NULL:
+            raise MemoryError
+        self.s.npages = pyarena_class_to_allocnpages[sizeclass]
+        self.s.state = mSpanInUse
+        initSpan(self.s, sizeclass, False)
+
+    def __dealloc__(self):
+        free(self.s)
+
+    def alloc(self):
+        """Slot index allocated, by the fast path if it can, else the slow
+        path; None when the span is full."""
+        cdef uintptr_t v
+        # startAddr is 0, so slot 0's address is 0 too: use a base of one
+        # page for the fast path's result and subtract it.
+        self.s.startAddr = PAGE_SIZE
+        v = nextFreeFast(self.s)
+        if v != 0:
+            return (v - PAGE_SIZE) // self.s.elemsize
+        idx = nextFreeIndex(self.s)
+        if idx == self.s.nelems:
+            return None
+        self.s.allocCount += 1
+        return idx
+
+    def alloc_fast(self):
+        """nextFreeFast alone: slot index or None."""
+        self.s.startAddr = PAGE_SIZE
+        cdef uintptr_t v = nextFreeFast(self.s)
+        return None if v == 0 else (v - PAGE_SIZE) // self.s.elemsize
+
+    def free(self, unsigned int idx):
+        """Record slot idx freed (as Python dropping its last reference)."""
+        if idx >= self.s.nelems or not isAllocated(self.s, idx) or isFreed(self.s, idx):
+            raise ValueError(f"slot {idx} is not allocated")
+        self.s.freeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
+        self.s.nfreed += 1
+
+    def sweep(self):
+        sweep(self.s)
+
+    def index_of(self, uintptr_t offset):
+        """objIndex of a byte offset into the span (the divide magic)."""
+        self.s.startAddr = PAGE_SIZE
+        return objIndex(self.s, PAGE_SIZE + offset)
+
+    def info(self):
+        return spanDict(self.s)
