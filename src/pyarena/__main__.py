@@ -58,7 +58,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    results = _bench.run(quick=args.quick, progress=not args.json)
+    results = _bench.run(quick=args.quick, progress=not args.json and sys.stderr.isatty())
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
