@@ -349,37 +349,50 @@ cdef class Heap:
         return self._stats()
 
     cdef object _stats(self):
+        # Copy every counter into C arrays first and build Python objects
+        # after: building them may run a GC, whose finalizers may free blocks
+        # and would otherwise tear the snapshot.
         cdef mheap* h = self.h
         cdef mcache* c
         cdef int i
-        cdef uint64_t m, f, allocBytes
+        cdef uint64_t m = 0, f = 0, allocBytes
+        cdef uint64_t mallocs[NUM_SIZE_CLASSES]
+        cdef uint64_t frees[NUM_SIZE_CLASSES]
         if h == NULL:
             return self._final
-        mallocs = [h.retiredMalloc[i] for i in range(NUM_SIZE_CLASSES)]
         allocBytes = h.retiredAllocBytes
+        for i in range(NUM_SIZE_CLASSES):
+            mallocs[i] = h.retiredMalloc[i]
+            frees[i] = h.nfree[i]
         c = h.caches
         while c != NULL:
             for i in range(NUM_SIZE_CLASSES):
                 mallocs[i] += c.nmalloc[i]
             allocBytes += c.allocBytes
             c = c.next
-        by_size = tuple(SizeClassStats(pyarena_class_to_size[i], mallocs[i], h.nfree[i])
-                        for i in range(NUM_SIZE_CLASSES))
-        m = sum(mallocs)
-        f = sum([h.nfree[i] for i in range(NUM_SIZE_CLASSES)])
+        for i in range(NUM_SIZE_CLASSES):
+            m += mallocs[i]
+            f += frees[i]
+        cdef uint64_t freed = h.freedBytes
+        cdef uint64_t mapped = h.pagesMapped, inuse = h.pagesInUse
+        cdef uint64_t released = h.pagesReleased
+        cdef uint64_t meta = h.persistent.sys + sizeof(mheap)
+        cdef uint64_t chunks = h.persistent.nchunks, sweeps = h.nsweeps
+        by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
+                         for i in range(NUM_SIZE_CLASSES)])
         return MemStats(
-            heap_alloc=allocBytes - h.freedBytes,
-            heap_sys=h.pagesMapped << PAGE_SHIFT,
-            heap_idle=(h.pagesMapped - h.pagesInUse) << PAGE_SHIFT,
-            heap_inuse=h.pagesInUse << PAGE_SHIFT,
-            heap_released=h.pagesReleased << PAGE_SHIFT,
+            heap_alloc=allocBytes - freed,
+            heap_sys=mapped << PAGE_SHIFT,
+            heap_idle=(mapped - inuse) << PAGE_SHIFT,
+            heap_inuse=inuse << PAGE_SHIFT,
+            heap_released=released << PAGE_SHIFT,
             heap_objects=m - f,
             mallocs=m,
             frees=f,
             total_alloc=allocBytes,
-            metadata_sys=h.persistent.sys + sizeof(mheap),
-            persistent_chunks=h.persistent.nchunks,
-            sweeps=h.nsweeps,
+            metadata_sys=meta,
+            persistent_chunks=chunks,
+            sweeps=sweeps,
             by_size=by_size,
         )
 
