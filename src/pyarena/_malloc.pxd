@@ -1,12 +1,15 @@
 # Allocation and free entry points (Go: malloc.go). See _malloc.pyx.
 from libc.stdint cimport uintptr_t
-from pyarena._types cimport mheap, mcache, mspan
+from libc.string cimport memset
+from pyarena._types cimport mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
+from pyarena._mcache cimport nextFree
+from pyarena._mcentral cimport freeSlot
+from pyarena._mheap cimport freeSpan, spanOf
 
 cdef uintptr_t zerobaseAddr() noexcept nogil
-cdef uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
 cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil
-cdef int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
 cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil
@@ -18,3 +21,61 @@ cdef enum:
     FREE_NOT_IN_HEAP = -1
     FREE_NOT_OBJECT_START = -2
     FREE_NOT_ALLOCATED = -3
+
+
+# The hot paths, inline so that the Python layer's calls compile into it.
+
+cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
+    """A slot of sizeclass from the thread's cache, its first nbytes zeroed
+    if needzero; 0 without memory."""
+    cdef mspan* s = c.alloc[sizeclass]
+    cdef uintptr_t v = nextFreeFast(s)
+    if v == 0:
+        v = nextFree(c, sizeclass)
+        if v == 0:
+            return 0
+        s = c.alloc[sizeclass]
+    c.nmalloc[sizeclass] += 1
+    c.allocBytes += s.elemsize
+    if needzero and (s.needzero or v < s.startAddr + <uintptr_t>s.freshindex * s.elemsize):
+        memset(<void*>v, 0, nbytes)
+    return v
+
+
+cdef inline int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
+    """Record that the object at p died (its last reference went away).
+    Checks that p is the start of a live object of h (for a tiny value: an
+    address inside a live tiny block) and returns a FREE_* code."""
+    cdef mspan* s = spanOf(h, p)
+    cdef uintptr_t idx
+    if s == NULL:
+        return FREE_NOT_IN_HEAP
+    if s.sizeclass == 0:
+        if p != s.startAddr:
+            return FREE_NOT_OBJECT_START
+        if s.allocCount != 1:
+            return FREE_NOT_ALLOCATED
+        s.allocCount = 0
+        h.nfree[0] += 1
+        h.freedBytes += s.elemsize
+        freeSpan(h, s)
+        return FREE_OK
+    idx = objIndex(s, p)
+    if tiny:
+        if s.tinyRefs == NULL or s.tinyRefs[idx] == 0:
+            return FREE_NOT_ALLOCATED
+        h.nfree[TINY_SIZE_CLASS] += 1
+        s.tinyRefs[idx] -= 1
+        if s.tinyRefs[idx] == 0:
+            h.freedBytes += TINY_SIZE
+            freeSlot(h, s, <unsigned int>idx)
+        return FREE_OK
+    if p != s.startAddr + idx * s.elemsize:
+        return FREE_NOT_OBJECT_START
+    if not isAllocated(s, idx) or isFreed(s, idx) or \
+            (s.tinyRefs != NULL and s.tinyRefs[idx] != 0):
+        return FREE_NOT_ALLOCATED
+    h.nfree[s.sizeclass] += 1
+    h.freedBytes += s.elemsize
+    freeSlot(h, s, <unsigned int>idx)
+    return FREE_OK

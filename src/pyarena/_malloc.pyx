@@ -58,7 +58,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
 from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS,
-                             PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK)
+                             PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
 from pyarena._mfixalloc cimport fixalloc_alloc
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
 from pyarena._mcache cimport nextFree, releaseTiny
@@ -73,23 +73,6 @@ cdef uint64_t zerobase = 0
 
 cdef uintptr_t zerobaseAddr() noexcept nogil:
     return <uintptr_t>&zerobase
-
-
-cdef uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
-    """A slot of sizeclass from the thread's cache, its first nbytes zeroed
-    if needzero; 0 without memory."""
-    cdef mspan* s = c.alloc[sizeclass]
-    cdef uintptr_t v = nextFreeFast(s)
-    if v == 0:
-        v = nextFree(c, sizeclass)
-        if v == 0:
-            return 0
-        s = c.alloc[sizeclass]
-    c.nmalloc[sizeclass] += 1
-    c.allocBytes += s.elemsize
-    if needzero and (s.needzero or v < s.startAddr + <uintptr_t>s.freshindex * s.elemsize):
-        memset(<void*>v, 0, nbytes)
-    return v
 
 
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
@@ -159,45 +142,6 @@ cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil:
     return s
 
 
-cdef int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
-    """Record that the object at p died (its last reference went away).
-    Checks that p is the start of a live object of h (for a tiny value: an
-    address inside a live tiny block) and returns a FREE_* code."""
-    cdef mspan* s = spanOf(h, p)
-    cdef uintptr_t idx
-    if s == NULL:
-        return FREE_NOT_IN_HEAP
-    if s.sizeclass == 0:
-        if p != s.startAddr:
-            return FREE_NOT_OBJECT_START
-        if s.allocCount != 1:
-            return FREE_NOT_ALLOCATED
-        s.allocCount = 0
-        h.nfree[0] += 1
-        h.freedBytes += s.elemsize
-        freeSpan(h, s)
-        return FREE_OK
-    idx = objIndex(s, p)
-    if tiny:
-        if s.tinyRefs == NULL or s.tinyRefs[idx] == 0:
-            return FREE_NOT_ALLOCATED
-        h.nfree[TINY_SIZE_CLASS] += 1
-        s.tinyRefs[idx] -= 1
-        if s.tinyRefs[idx] == 0:
-            h.freedBytes += TINY_SIZE
-            freeSlot(h, s, <unsigned int>idx)
-        return FREE_OK
-    if p != s.startAddr + idx * s.elemsize:
-        return FREE_NOT_OBJECT_START
-    if not isAllocated(s, idx) or isFreed(s, idx) or \
-            (s.tinyRefs != NULL and s.tinyRefs[idx] != 0):
-        return FREE_NOT_ALLOCATED
-    h.nfree[s.sizeclass] += 1
-    h.freedBytes += s.elemsize
-    freeSlot(h, s, <unsigned int>idx)
-    return FREE_OK
-
-
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:
     """The span of the live object (or live tiny block) holding address p,
     with the object's start and slot size; NULL if p is not in one."""
@@ -226,19 +170,26 @@ cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil:
 
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
     """Zero n bytes at p with the GIL released, CLEAR_CHUNK bytes at a time,
-    checking for signals between chunks so that Ctrl-C interrupts a long
-    clear (Go: memclrNoHeapPointersChunked, preemptible between chunks).
-    Call with the GIL held, on memory no other thread can see."""
+    taking the GIL back every CLEAR_GIL_CHUNKS chunks to check for signals,
+    so that Ctrl-C interrupts a long clear (Go: memclrNoHeapPointersChunked,
+    preemptible between chunks). Clears of up to CLEAR_GIL_CHUNKS chunks
+    (about 20-60 us) keep the GIL: releasing it would cost more than it
+    lets other threads do. Call with the GIL held, on memory no other
+    thread can see."""
     cdef size_t chunk
-    if n <= CLEAR_CHUNK:
+    cdef int k
+    if n <= CLEAR_CHUNK * CLEAR_GIL_CHUNKS:
         memset(p, 0, n)
         return 0
     while n:
-        chunk = n if n < CLEAR_CHUNK else CLEAR_CHUNK
         with nogil:
-            memset(p, 0, chunk)
-        p += chunk
-        n -= chunk
+            for k in range(CLEAR_GIL_CHUNKS):
+                chunk = n if n < CLEAR_CHUNK else CLEAR_CHUNK
+                memset(p, 0, chunk)
+                p += chunk
+                n -= chunk
+                if n == 0:
+                    break
         if n and PyErr_CheckSignals() < 0:
             return -1
     return 0

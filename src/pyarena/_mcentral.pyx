@@ -58,16 +58,10 @@ cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:
         spanListPush(&c.full, s, inFull)
 
 
-cdef void freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
-    """Record slot idx of small span s as free: its last Python reference
-    died. The caller has checked that the slot is allocated and not yet
-    freed. The slot becomes allocatable at the span's next sweep."""
-    cdef mcentral* c
-    s.freeBits[idx >> 6] |= (<unsigned long long>1) << (idx & 63)
-    s.nfreed += 1
-    if s.incache:
-        return
-    c = &h.central[s.sizeclass]
+cdef void freedUncached(mheap* h, mspan* s) noexcept nogil:
+    """A slot of s, which no cache holds, was just freed (freeSlot's slow
+    half): move s to partial, or give it back if nothing in it lives."""
+    cdef mcentral* c = &h.central[s.sizeclass]
     if s.allocCount == s.nfreed:
         if s.list == inPartial:
             spanListRemove(&c.partial, s)

@@ -66,6 +66,8 @@ cdef enum:
 
     # Go: memclrNoHeapPointersChunked clears 256 KiB between preemption points.
     CLEAR_CHUNK = 256 << 10
+    # Chunks cleared between two looks at pending signals (1 MiB).
+    CLEAR_GIL_CHUNKS = 4
 
 
 cdef enum spanState:
