@@ -72,6 +72,23 @@ def test_spansim_rejects_bad_class(bad):
         SpanSim(bad)
 
 
+def test_info_reports_the_bit_of_every_slot():
+    # The bitmaps in info() must cover all nelems slots, not only the low
+    # (nelems % 32) of them. Class 1: 1024 slots; class 3: 341; class 10: 64.
+    for cls, freed in ((1, [0, 100, 1023]), (3, [5, 40, 340]), (10, [1, 33, 63])):
+        _, nelems, _ = geometry(cls)
+        sim = SpanSim(cls)
+        for _ in range(nelems):
+            sim.alloc()
+        for i in freed:
+            sim.free(i)
+        d = sim.info()
+        assert d["free_bits"] == bitset(freed), (cls, bin(d["free_bits"]))
+        sim.sweep()
+        d = sim.info()
+        assert d["alloc_bits"] == mask(nelems) & ~bitset(freed), (cls, bin(d["alloc_bits"]))
+
+
 # ---------------------------------------------------------------------------
 # Allocation order
 
@@ -426,12 +443,12 @@ class SpanModel(RuleBasedStateMachine):
 
 
 SpanModel.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=60, deadline=None,
+    max_examples=150, stateful_step_count=60, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestSpanModel = SpanModel.TestCase
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(cls=st.sampled_from([1, 2, 3, 5, 10]),
        ops=st.lists(st.tuples(st.sampled_from("aafs"), st.integers(0, 2**16)),
                     max_size=400))

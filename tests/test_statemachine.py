@@ -67,6 +67,10 @@ def pattern(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
+OTHER_HEAP = pyarena.Heap()
+OTHER_HEAP.alloc(64)  # give it an arena of its own
+
+
 class Live:
     """A live block and the bytes the model says it holds."""
 
@@ -83,6 +87,7 @@ class HeapMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.heap = pyarena.Heap()
+        self.other = OTHER_HEAP      # owns none of this heap's memory
         self.live: list[Live] = []
         self.freed: list[tuple[int, int]] = []  # (address, nbytes), recent
         self.zerobase = None
@@ -239,7 +244,10 @@ class HeapMachine(RuleBasedStateMachine):
             assert h.owns(b)
             assert h.owns(b.address), f"owns() False for live {b!r}"
             assert h.owns(b.address + b.nbytes - 1)
-            assert h.owns(memoryview(b))
+            mv = memoryview(b)
+            assert h.owns(mv) and h.owns(mv[:0]) and h.owns(mv[::-1])
+            assert h.owns(mv[b.nbytes // 2:])
+            assert not self.other.owns(b.address) and not self.other.owns(mv)
             if not e.tiny:
                 assert h.owns(b.address + b.slot_size - 1)
         # A freed address is owned only if some live slot covers it.

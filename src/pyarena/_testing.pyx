@@ -27,7 +27,7 @@ cdef object bits(uint64_t* words, unsigned int n):
     v = 0
     for w in range((n + 63) >> 6):
         v |= (<object>words[w]) << (64 * w)
-    return v & ((1 << n) - 1)
+    return v & (((<object>1) << n) - 1)
 
 
 cdef dict spanDict(mspan* s):
