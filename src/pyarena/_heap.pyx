@@ -109,6 +109,10 @@ cdef class Block:
     def __cinit__(self):
         self.ptr = 0
 
+    def __init__(self, *args, **kwargs):
+        # Heap.alloc makes Blocks through tp_new, which skips __init__.
+        raise TypeError("Blocks are made by Heap.alloc, not directly")
+
     def __dealloc__(self):
         if self.ptr != 0 and self._nbytes != 0 and self.heap is not None:
             # The heap is alive (we hold it) and its mheap too: a heap is

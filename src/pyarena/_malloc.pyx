@@ -67,12 +67,17 @@ from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextClea
 
 
 # The base address of all zero-byte allocations (Go: zerobase). Nothing is
-# ever stored there: a zero-length buffer cannot be written.
-cdef uint64_t zerobase = 0
+# ever stored there: a zero-length buffer cannot be written. Page-aligned so
+# that it satisfies any alignment a caller can ask for.
+cdef extern from *:
+    """
+    static char pyarena_zerobase[8] __attribute__((aligned(8192)));
+    """
+    char zerobase "pyarena_zerobase"[8]
 
 
 cdef uintptr_t zerobaseAddr() noexcept nogil:
-    return <uintptr_t>&zerobase
+    return <uintptr_t>zerobase
 
 
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:

@@ -70,8 +70,16 @@ cdef void* sysReserveAligned(size_t n, size_t align) noexcept nogil:
 
 cdef int sysMap(void* v, size_t n) noexcept nogil:
     """Make reserved memory readable and writable. Its pages read as zero
-    until first written. Returns 0, or -1 when the kernel refuses."""
-    if mprotect(v, n, PROT_READ | PROT_WRITE) != 0:
+    until first written. Returns 0, or -1 when the kernel refuses.
+
+    The range is mapped afresh rather than mprotect-ed: a new private
+    writable mapping is charged against the kernel's overcommit limit, so a
+    request the machine cannot back fails here, cleanly, as it does for Go
+    and for malloc, instead of succeeding and being OOM-killed on touch."""
+    cdef void* p = mmap(v, n, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+    if p == MAP_FAILED:
+        # MAP_FIXED replaced nothing on failure; the range stays reserved.
         return -1
     return 0
 

@@ -48,6 +48,7 @@ from pyarena._mheap cimport arenaOf
 
 cdef enum:
     HEAP_ARENA_BYTES = 1 << LOG_HEAP_ARENA_BYTES
+    RELEASE_ON_FREE_PAGES = (1 << 30) >> PAGE_SHIFT
 
 # Every heap gets a serial number that is never reused in the process: a
 # per-thread cache entry keyed by a dead heap's serial can never match.
@@ -304,19 +305,22 @@ cdef bint grow(mheap* h, uintptr_t npages) noexcept nogil:
     ask <<= PAGE_SHIFT
     if h.curArenaEnd - h.curArenaBase < ask:
         # Not enough left in the current reservation: reserve new arenas.
-        # The unmapped rest of the old one stays reserved and unused.
+        # The unmapped rest of the old one stays reserved and unused. Map
+        # before indexing, so that a refused mapping leaves no metadata.
         nbytes = (ask + HEAP_ARENA_BYTES - 1) & ~(<uintptr_t>HEAP_ARENA_BYTES - 1)
         base = <uintptr_t>sysReserveAligned(nbytes, HEAP_ARENA_BYTES)
         if base == 0:
             return False
-        if (base + nbytes) >> ADDR_BITS or not registerArenas(h, base, nbytes):
+        if (base + nbytes) >> ADDR_BITS or sysMap(<void*>base, ask) != 0 or \
+                not registerArenas(h, base, nbytes):
             sysFree(<void*>base, nbytes)
             return False
         h.curArenaBase = base
         h.curArenaEnd = base + nbytes
+    else:
+        if sysMap(<void*>h.curArenaBase, ask) != 0:
+            return False
     v = h.curArenaBase
-    if sysMap(<void*>v, ask) != 0:
-        return False
     sysHugePage(<void*>v, ask)
     s = <mspan*>fixalloc_alloc(&h.spanalloc)
     if s == NULL:
@@ -369,9 +373,16 @@ cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil:
 
 cdef void freeSpan(mheap* h, mspan* s) noexcept nogil:
     """Return an in-use span's pages to the page heap (Go: mheap.freeSpan).
-    Its pages are dirty from now on."""
+    Its pages are dirty from now on, unless the span is so large
+    (RELEASE_ON_FREE_PAGES, 1 GiB) that keeping it would hold more memory
+    than reusing it warm is worth: such a span is given back to the OS at
+    once, as glibc unmaps a large chunk, and reads as zero when reused."""
     h.pagesInUse -= s.npages
-    setScav(h, s.startAddr, s.npages, False)
+    if s.npages >= RELEASE_ON_FREE_PAGES and physPageSize() <= PAGE_SIZE:
+        sysUnused(<void*>s.startAddr, s.npages << PAGE_SHIFT)
+        h.pagesReleased += s.npages - setScav(h, s.startAddr, s.npages, True)
+    else:
+        setScav(h, s.startAddr, s.npages, False)
     if s.tinyRefs != NULL:
         fixalloc_free(&h.tinyrefalloc, s.tinyRefs)
         s.tinyRefs = NULL
