@@ -6,6 +6,7 @@ inputs at the Python boundary).
 """
 from pathlib import Path
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -15,7 +16,7 @@ extensions = [
     Extension(
         f"pyarena.{pyx.stem}",
         [str(pyx)],
-        include_dirs=[str(SRC)],
+        include_dirs=[str(SRC), numpy.get_include()],
         extra_compile_args=["-O3"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

@@ -21,13 +21,17 @@ from pyarena._sizeclasses import (
     size_classes,
 )
 from pyarena._mstats import MemStats, SizeClassStats
-from pyarena._heap import Block, Heap, alloc, default_heap, release, stats
+from pyarena._heap import (
+    Block, Heap, alloc, default_heap, release, stats,
+    zeros, empty, full, zeros_like, empty_like, full_like,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Block", "Heap", "MemStats", "SizeClass", "SizeClassStats",
-    "alloc", "default_heap", "release", "stats", "size_class", "size_classes",
+    "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
+    "full_like", "release", "stats", "size_class", "size_classes",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",
 ]

@@ -16,9 +16,11 @@ cdef class Heap:
     cdef void _destroy(self)
     cdef mcache* _cache(self) except NULL
     cdef mcache* _cacheSlow(self) except NULL
-    cdef int _checkOpen(self) except -1
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
+    cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef object _stats(self)
+    cdef object _array(self, object shape, object dtype, object order, bint zero)
+    cdef object _like(self, object a, object dtype, object order, object shape, bint zero)
 
 cdef class Block:
     cdef readonly Heap heap

@@ -32,8 +32,12 @@ from pyarena._mcache cimport allocmcache, freemcache
 from pyarena._msize cimport alignedClass
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
                               clearLarge, liveObject, FREE_OK)
+from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbytes, parseOrder,
+                               wrapArray, descrAlignment, descrItemsize, allocFailed,
+                               expandSubarray)
 from pyarena._mstats import MemStats, SizeClassStats
 import _thread
+import numpy as np
 
 cdef extern from *:
     """
@@ -81,6 +85,7 @@ cdef class _CacheOwner:
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc
 cdef class Block:
     """One allocation from a pyarena heap: a writable buffer of ``nbytes``
     bytes.
@@ -127,6 +132,11 @@ cdef class Block:
 
     def __len__(self):
         return self._nbytes
+
+    # Blocks are not tracked by the cycle collector (no_gc): a Block refers
+    # only to its Heap, which never refers back to a Block, so no cycle can
+    # run through one, and tracking would cost every allocation a share of
+    # generation-0 collections.
 
     @property
     def address(self):
@@ -213,12 +223,18 @@ cdef class Heap:
         tls_set(self.h.serial, owner.c)
         return owner.c
 
-    cdef int _checkOpen(self) except -1:
-        if self._closed:
-            raise ValueError("allocation from a closed heap")
-        return 0
-
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero):
+        cdef Block b = self._tryAlloc(nbytes, align, zero)
+        if b is None:
+            if <size_t>nbytes > MAX_ALLOC:
+                raise MemoryError(f"allocation size out of range: {nbytes} bytes")
+            raise MemoryError(f"cannot allocate {nbytes} bytes: out of memory "
+                              "or address space")
+        return b
+
+    cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero):
+        """A Block of nbytes, or None when the memory cannot be had (the
+        caller words the MemoryError). Other errors propagate."""
         cdef mcache* c
         cdef uintptr_t p
         cdef int cls
@@ -233,20 +249,19 @@ cdef class Heap:
             if nbytes < TINY_SIZE and align == 0:
                 p = mallocTiny(c, <size_t>nbytes)
                 if p == 0:
-                    raise MemoryError(f"cannot allocate {nbytes} bytes")
+                    return None
                 return newBlock(self, p, nbytes, TINY_SIZE_CLASS, TINY_SIZE, True)
             cls = alignedClass(<size_t>nbytes, align)
             if cls != 0:
                 p = mallocSmall(c, cls, <size_t>nbytes, zero)
                 if p == 0:
-                    raise MemoryError(f"cannot allocate {nbytes} bytes")
+                    return None
                 return newBlock(self, p, nbytes, cls, pyarena_class_to_size[cls], False)
         if <size_t>nbytes > MAX_ALLOC:
-            raise MemoryError(f"allocation size out of range: {nbytes} bytes")
+            return None
         s = mallocLarge(c, (<size_t>nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT)
         if s == NULL:
-            raise MemoryError(f"cannot allocate {nbytes} bytes: out of memory "
-                              "or address space")
+            return None
         # Made before the clear, so that an interrupted clear frees it.
         b = newBlock(self, s.startAddr, nbytes, 0, s.elemsize, False)
         if zero:
@@ -291,6 +306,131 @@ cdef class Heap:
         if align is not None:
             a = _checkAlign(align)
         return self._alloc(nbytes, a, zero)
+
+    # -- the NumPy face ----------------------------------------------------
+
+    cdef object _array(self, object shape, object dtype, object order, bint zero):
+        cdef npy_intp dims[MAXDIMS]
+        cdef int nd
+        cdef Py_ssize_t nbytes
+        cdef Block b
+        descr = descrOf(dtype)
+        nd = parseShape(shape, dims)
+        descr = expandSubarray(descr, &nd, dims)
+        fortran = parseOrder(order)
+        nbytes = arrayNbytes(nd, dims, descrItemsize(descr))
+        if self._closed:
+            raise ValueError("allocation from a closed heap")
+        b = self._tryAlloc(nbytes, descrAlignment(descr), zero)
+        if b is None:
+            raise allocFailed(nd, dims, descr, nbytes)
+        return wrapArray(descr, nd, dims, <void*>b.ptr, fortran, b)
+
+    def zeros(self, shape, dtype=float, order="C"):
+        """A new array of zeros whose memory comes from this heap.
+
+        Parameters
+        ----------
+        shape : int or sequence of ints
+            Shape of the array; 0-sized dimensions are allowed.
+        dtype : data-type, optional
+            Anything ``numpy.dtype`` accepts that holds no Python object
+            references (structured, sub-array, datetime, complex, ...).
+            Default ``float``.
+        order : {'C', 'F'}, optional
+            Row-major (C) or column-major (Fortran) layout.
+
+        Returns
+        -------
+        numpy.ndarray
+            A plain, writable ndarray, aligned for its dtype and to at least
+            16 bytes, whose ``.base`` is the Block holding its memory.
+
+        Raises
+        ------
+        TypeError
+            An object dtype, or a shape that is not integers.
+        ValueError
+            Negative dimensions, a size that overflows, a bad order, or a
+            closed heap.
+        MemoryError
+            The memory cannot be mapped.
+
+        See Also
+        --------
+        numpy.zeros, empty, full, zeros_like
+        """
+        return self._array(shape, dtype, order, True)
+
+    def empty(self, shape, dtype=float, order="C"):
+        """A new array without initialising its entries (``numpy.empty``).
+
+        Same parameters as ``zeros``. Memory that is known to be zero (fresh
+        from the OS, or never used) is returned as it is; reused memory
+        holds whatever was there.
+        """
+        return self._array(shape, dtype, order, False)
+
+    def full(self, shape, fill_value, dtype=None, order="C"):
+        """A new array filled with ``fill_value`` (``numpy.full``).
+
+        ``dtype=None`` takes the dtype of ``numpy.array(fill_value)``.
+        """
+        if dtype is None:
+            dtype = np.array(fill_value).dtype
+        a = self._array(shape, dtype, order, False)
+        np.copyto(a, fill_value, casting="unsafe")
+        return a
+
+    cdef object _like(self, object a, object dtype, object order, object shape, bint zero):
+        if not isinstance(a, np.ndarray):
+            a = np.asanyarray(a)
+        if dtype is None:
+            dtype = a.dtype
+        if order not in ("C", "F", "A", "K", None):
+            raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
+        if shape is None:
+            shape = a.shape
+            same = True
+        else:
+            shape = (shape,) if hasattr(shape, "__index__") else tuple(shape)
+            same = len(shape) == a.ndim
+        if order in ("C", None) or (order in ("A", "K") and not same):
+            return self._array(shape, dtype, "C", zero)
+        if order == "F":
+            return self._array(shape, dtype, "F", zero)
+        fortran = a.flags.f_contiguous and not a.flags.c_contiguous
+        if order == "A" or a.flags.c_contiguous or fortran:
+            return self._array(shape, dtype, "F" if fortran else "C", zero)
+        # 'K' for a non-contiguous array: keep its axes' memory order, as
+        # NumPy does, by allocating in that order and transposing back.
+        perm = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
+        out = self._array(tuple([shape[i] for i in perm]), dtype, "C", zero)
+        inverse = [0] * a.ndim
+        for k, i in enumerate(perm):
+            inverse[i] = k
+        return out.transpose(inverse)
+
+    def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None):
+        """An array of zeros with the shape and type of ``a``
+        (``numpy.zeros_like``), its memory from this heap.
+
+        ``order='K'`` keeps ``a``'s memory layout, 'A' is 'F' when ``a`` is
+        Fortran-contiguous, else 'C'. ``subok`` is accepted for NumPy's
+        signature; the result is always a plain ndarray, since a subclass
+        could not be guaranteed to keep the heap memory.
+        """
+        return self._like(a, dtype, order, shape, True)
+
+    def empty_like(self, a, dtype=None, order="K", subok=True, shape=None):
+        """``zeros_like`` without initialising the entries (``numpy.empty_like``)."""
+        return self._like(a, dtype, order, shape, False)
+
+    def full_like(self, a, fill_value, dtype=None, order="K", subok=True, shape=None):
+        """An array like ``a`` filled with ``fill_value`` (``numpy.full_like``)."""
+        out = self._like(a, dtype, order, shape, False)
+        np.copyto(out, fill_value, casting="unsafe")
+        return out
 
     def owns(self, obj):
         """Whether ``obj`` lies in this heap's live memory.
@@ -508,3 +648,37 @@ def stats():
 def release():
     """``default_heap().release()``."""
     return default_heap().release()
+
+
+cdef inline Heap _heap():
+    return _default if _default is not None else default_heap()
+
+
+def zeros(shape, dtype=float, order="C"):
+    """``default_heap().zeros(shape, dtype, order)``: see ``Heap.zeros``."""
+    return _heap()._array(shape, dtype, order, True)
+
+
+def empty(shape, dtype=float, order="C"):
+    """``default_heap().empty(shape, dtype, order)``: see ``Heap.empty``."""
+    return _heap()._array(shape, dtype, order, False)
+
+
+def full(shape, fill_value, dtype=None, order="C"):
+    """``default_heap().full(...)``: see ``Heap.full``."""
+    return _heap().full(shape, fill_value, dtype, order)
+
+
+def zeros_like(a, dtype=None, order="K", subok=True, shape=None):
+    """``default_heap().zeros_like(...)``: see ``Heap.zeros_like``."""
+    return _heap()._like(a, dtype, order, shape, True)
+
+
+def empty_like(a, dtype=None, order="K", subok=True, shape=None):
+    """``default_heap().empty_like(...)``: see ``Heap.empty_like``."""
+    return _heap()._like(a, dtype, order, shape, False)
+
+
+def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None):
+    """``default_heap().full_like(...)``: see ``Heap.full_like``."""
+    return _heap().full_like(a, fill_value, dtype, order, subok, shape)

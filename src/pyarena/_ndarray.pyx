@@ -1,0 +1,238 @@
+# cython: language_level=3
+"""The NumPy face: turn heap memory into plain numpy.ndarray objects.
+
+Heap.zeros/empty/full and the *_like functions (in _heap.pyx) parse their
+arguments here, allocate a Block of the array's byte size, and wrap it:
+PyArray_NewFromDescr over the Block's memory, with the Block as the array's
+base, so the array (and every view of it) keeps the memory alive. The
+arrays are ordinary ndarrays: NumPy never frees their data; the Block does,
+when the last array or view over it dies.
+
+The common calls (zeros(n), zeros(n, dtype), zeros((a, b), dtype)) avoid
+Python-level argument handling: dtype arguments map to cached descriptors
+by a dict lookup, int and tuple shapes are read with the C API, and the
+only objects made per call are the Block and the array.
+"""
+
+cimport cython
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.long cimport PyLong_Check
+from cpython.dict cimport PyDict_GetItem
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+
+cdef extern from "Python.h":
+    # Without Cython's error check: the caller turns overflow into NumPy's
+    # ValueError.
+    Py_ssize_t asSsize "PyLong_AsSsize_t"(object o) noexcept
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from pyarena._ndarray cimport npy_intp, MAXDIMS, ARRAY_ALIGN
+
+import operator
+import numpy as np
+
+cdef extern from "numpy/arrayobject.h":
+    ctypedef struct PyArray_Descr:
+        pass
+    PyTypeObject PyArray_Type
+    PyObject* PyArray_NewFromDescr(PyTypeObject* subtype, PyArray_Descr* descr, int nd,
+                                   npy_intp* dims, npy_intp* strides, void* data,
+                                   int flags, PyObject* obj)
+    int PyArray_SetBaseObject(PyObject* arr, PyObject* base)
+    int NPY_ARRAY_WRITEABLE, NPY_ARRAY_F_CONTIGUOUS, NPY_ARRAY_C_CONTIGUOUS
+    int _import_array() except -1
+    npy_intp PyDataType_ELSIZE(PyArray_Descr* d)
+    bint PyDataType_HASSUBARRAY(PyArray_Descr* d)
+    npy_intp PyDataType_ALIGNMENT(PyArray_Descr* d)
+
+_import_array()
+
+cdef object DTYPE = np.dtype
+# dtype argument (a type, a string, ...) -> normalised descriptor. Bounded:
+# cleared when it grows past DESCR_CACHE_MAX entries.
+cdef dict _descrCache = {}
+cdef enum:
+    DESCR_CACHE_MAX = 512
+
+
+cdef object _normalise(object dtype):
+    """numpy.dtype(dtype), with flexible types given the size NumPy's own
+    constructors give them ('S' -> 'S1'), and object references refused."""
+    cdef object d
+    d = np.dtype(float if dtype is None else dtype)
+    if d.itemsize == 0 and d.names is None and d.subdtype is None:
+        d = np.empty(0, dtype=d).dtype     # unsized 'S', 'U': size 1, as NumPy
+    if d.hasobject:
+        raise TypeError(f"pyarena memory cannot hold Python object references: dtype {d}")
+    return d
+
+
+# The last dtype argument seen and its descriptor: most code asks for the
+# same dtype over and over, and an identity test is far cheaper than a dict
+# lookup (which in 3.11 also saves and restores the error state).
+cdef object _lastKey = None
+cdef object _lastDescr = None
+
+
+cdef object descrOf(object dtype):
+    """The descriptor for a dtype argument, from the cache when it can."""
+    global _lastKey, _lastDescr
+    cdef object d
+    cdef PyObject* hit
+    if dtype is _lastKey:
+        return _lastDescr
+    d = _descrOf(dtype)
+    if type(dtype) is type or type(dtype) is str or type(dtype) is DTYPE:
+        _lastKey = dtype
+        _lastDescr = d
+    return d
+
+
+cdef object _descrOf(object dtype):
+    cdef object d
+    cdef PyObject* hit
+    if type(dtype) is DTYPE:
+        if dtype.itemsize == 0 or dtype.hasobject:
+            return _normalise(dtype)
+        return dtype
+    if type(dtype) is type or type(dtype) is str:
+        hit = PyDict_GetItem(_descrCache, dtype)
+        if hit != NULL:
+            return <object>hit
+    d = _normalise(dtype)
+    if type(dtype) is type or type(dtype) is str:
+        if len(_descrCache) >= DESCR_CACHE_MAX:
+            _descrCache.clear()
+        _descrCache[dtype] = d
+    return d
+
+
+cdef inline int _dim(object x, npy_intp* out) except -1:
+    """One dimension: an int (or an object with __index__), >= 0."""
+    cdef Py_ssize_t v
+    if not PyLong_Check(x):
+        try:
+            x = operator.index(x)
+        except TypeError:
+            raise TypeError(f"'{type(x).__name__}' object cannot be interpreted "
+                            "as an integer") from None
+    v = asSsize(x)
+    if v < 0:
+        if v == -1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+            raise ValueError("Maximum allowed dimension exceeded")
+        raise ValueError("negative dimensions are not allowed")
+    out[0] = v
+    return 0
+
+
+cdef int parseShape(object shape, npy_intp* dims) except -1:
+    """Read an int or a sequence of ints into dims; return the number of
+    dimensions. NumPy's errors and messages."""
+    cdef Py_ssize_t n, i
+    if PyLong_Check(shape):
+        _dim(shape, dims)
+        return 1
+    if not PyTuple_Check(shape):
+        if hasattr(shape, "__index__"):
+            _dim(shape, dims)
+            return 1
+        try:
+            shape = tuple(shape)
+        except TypeError:
+            raise TypeError("expected a sequence of integers or a single integer, "
+                            f"got '{shape!r}'") from None
+    n = PyTuple_GET_SIZE(shape)
+    if n > MAXDIMS:
+        raise ValueError(f"maximum supported dimension for an ndarray is currently "
+                         f"{MAXDIMS}, found {n}")
+    for i in range(n):
+        _dim(<object>PyTuple_GET_ITEM(shape, i), &dims[i])
+    return <int>n
+
+
+cdef Py_ssize_t arrayNbytes(int nd, npy_intp* dims, Py_ssize_t itemsize) except -1:
+    """Bytes of an array, refusing sizes that overflow as NumPy does."""
+    cdef Py_ssize_t n = itemsize
+    cdef int i
+    cdef bint zero = itemsize == 0
+    for i in range(nd):
+        if dims[i] == 0:
+            zero = True
+    if zero:
+        return 0
+    for i in range(nd):
+        if n > (<Py_ssize_t>0x7fffffffffffffff) // dims[i]:
+            raise ValueError("array is too big; `arr.size * arr.dtype.itemsize` "
+                             "is larger than the maximum possible size.")
+        n *= dims[i]
+    return n
+
+
+cdef str _C = "C"
+cdef str _F = "F"
+
+
+cdef int parseOrder(object order) except -1:
+    """0 for C order, 1 for Fortran order."""
+    if order is None or order is _C or order == "C":
+        return 0
+    if order is _F or order == "F":
+        return 1
+    raise ValueError(f"order must be one of 'C' or 'F' (got {order!r})")
+
+
+cdef size_t descrAlignment(object descr) except 0:
+    cdef size_t a = <size_t>PyDataType_ALIGNMENT(<PyArray_Descr*>descr)
+    return a if a > ARRAY_ALIGN else ARRAY_ALIGN
+
+
+cdef object expandSubarray(object descr, int* nd, npy_intp* dims):
+    """A sub-array dtype ('(2,3)f8') becomes trailing dimensions of its
+    base dtype, as numpy.zeros does; other dtypes are returned as they are."""
+    if not PyDataType_HASSUBARRAY(<PyArray_Descr*>descr):
+        return descr
+    base, sub = descr.subdtype
+    if nd[0] + len(sub) > MAXDIMS:
+        raise ValueError(f"maximum supported dimension for an ndarray is currently "
+                         f"{MAXDIMS}, found {nd[0] + len(sub)}")
+    for n in sub:
+        dims[nd[0]] = n
+        nd[0] += 1
+    return base
+
+
+cdef Py_ssize_t descrItemsize(object descr) noexcept:
+    return PyDataType_ELSIZE(<PyArray_Descr*>descr)
+
+
+cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran,
+                      object owner):
+    """A writable ndarray over data, owned by owner (its .base)."""
+    cdef int flags = NPY_ARRAY_WRITEABLE
+    if fortran:
+        flags |= NPY_ARRAY_F_CONTIGUOUS
+    Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
+    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
+                                              NULL, data, flags, NULL)
+    if arr == NULL:
+        raise MemoryError("cannot create the array object")
+    Py_INCREF(owner)        # PyArray_SetBaseObject steals it
+    if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
+        Py_DECREF(<object>arr)
+        raise MemoryError("cannot set the array's base")
+    cdef object result = <object>arr
+    Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
+    return result
+
+
+cdef object allocFailed(int nd, npy_intp* dims, object descr, Py_ssize_t nbytes):
+    shape = tuple([dims[i] for i in range(nd)])
+    units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    size = float(nbytes)
+    k = 0
+    while size >= 1024 and k < len(units) - 1:
+        size /= 1024
+        k += 1
+    return MemoryError(f"Unable to allocate {size:.3g} {units[k]} for an array with "
+                       f"shape {shape} and data type {descr}")
