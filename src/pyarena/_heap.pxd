@@ -13,11 +13,14 @@ cdef class Heap:
     cdef object _tls
     cdef bint _closed
     cdef object _final
+    cdef object _capsule
     cdef void _destroy(self)
     cdef mcache* _cache(self) except NULL
     cdef mcache* _cacheSlow(self) except NULL
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
+    cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0
+    cdef object _makeCapsule(self)
     cdef object _stats(self)
     cdef object _array(self, object shape, object dtype, object order, bint zero)
     cdef object _like(self, object a, object dtype, object order, object shape, bint zero)

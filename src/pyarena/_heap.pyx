@@ -24,20 +24,27 @@ cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo, PyObject_GetBuffer, PyBuffer_Release
 from cpython.buffer cimport PyBUF_RECORDS_RO
 from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memcpy, strncpy
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
+from cpython.pystate cimport PyGILState_STATE, PyGILState_Ensure, PyGILState_Release
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
                              TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
                              pyarena_class_to_size, ADDR_BITS)
-from pyarena._mheap cimport mheap_new, mheap_destroy, scavengeAll
+from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
 from pyarena._mcache cimport allocmcache, freemcache
 from pyarena._msize cimport alignedClass
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
-                              clearLarge, liveObject, FREE_OK)
+                              clearLarge, clearLargeNoSignals, liveObject, FREE_OK)
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbytes, parseOrder,
-                               wrapArray, descrAlignment, descrItemsize, allocFailed,
-                               expandSubarray)
+                               wrapOwned, descrAlignment, descrItemsize, allocFailed,
+                               expandSubarray, PyDataMem_Handler)
 from pyarena._mstats import MemStats, SizeClassStats
 import _thread
 import numpy as np
+
+cdef extern from "Python.h":
+    int PyGILState_Check() noexcept nogil
 
 cdef extern from *:
     """
@@ -190,21 +197,28 @@ cdef class Heap:
         self.h = mheap_new()
         if self.h == NULL:
             raise MemoryError("cannot map memory for a new heap")
+        self.h.owner = <void*>self
         self._tls = _thread._local()
         self._closed = False
         self._final = None
+        self._capsule = None
 
     def __dealloc__(self):
         self._destroy()
 
     cdef void _destroy(self):
-        if self.h == NULL:
+        """Let go of the mheap: drop every thread's cache (returning its
+        spans), the NumPy allocator capsule, and this object's reference.
+        Arrays that own heap memory hold the capsule and so keep the mheap
+        mapped until they die."""
+        cdef mheap* h = self.h
+        if h == NULL:
             return
-        # Dropping the thread-local drops every thread's cache owner, which
-        # returns the caches to this (still mapped) heap.
         self._tls = None
-        mheap_destroy(self.h)
+        h.owner = NULL
         self.h = NULL
+        self._capsule = None
+        mheap_unref(h)
 
     cdef mcache* _cache(self) except NULL:
         cdef mcache* c = <mcache*>tls_get(self.h.serial)
@@ -235,38 +249,48 @@ cdef class Heap:
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero):
         """A Block of nbytes, or None when the memory cannot be had (the
         caller words the MemoryError). Other errors propagate."""
-        cdef mcache* c
-        cdef uintptr_t p
         cdef int cls
-        cdef mspan* s
-        cdef Block b
-        if nbytes <= 0:
-            if nbytes == 0:
-                return newBlock(self, zerobaseAddr(), 0, 0, 0, False)
+        cdef uintptr_t p
+        if nbytes == 0:
+            return newBlock(self, zerobaseAddr(), 0, 0, 0, False)
+        if nbytes < 0:
             raise ValueError(f"negative size: {nbytes}")
-        c = self._cache()
+        p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
+        if p == 0:
+            return None
+        if cls == 0:
+            return newBlock(self, p, nbytes, 0,
+                            ((<size_t>nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT, False)
+        return newBlock(self, p, nbytes, cls, pyarena_class_to_size[cls],
+                        nbytes < TINY_SIZE and align == 0)
+
+    cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0:
+        """nbytes >= 1 of memory: the address, or 0 when it cannot be had.
+        cls receives the size class (0: large). An interrupted clear of a
+        large object frees it and raises."""
+        cdef mcache* c = self._cache()
+        cdef uintptr_t p
+        cdef mspan* s
         if nbytes <= MAX_SMALL_SIZE:
             if nbytes < TINY_SIZE and align == 0:
-                p = mallocTiny(c, <size_t>nbytes)
-                if p == 0:
-                    return None
-                return newBlock(self, p, nbytes, TINY_SIZE_CLASS, TINY_SIZE, True)
-            cls = alignedClass(<size_t>nbytes, align)
-            if cls != 0:
-                p = mallocSmall(c, cls, <size_t>nbytes, zero)
-                if p == 0:
-                    return None
-                return newBlock(self, p, nbytes, cls, pyarena_class_to_size[cls], False)
-        if <size_t>nbytes > MAX_ALLOC:
-            return None
-        s = mallocLarge(c, (<size_t>nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT)
+                cls[0] = TINY_SIZE_CLASS
+                return mallocTiny(c, nbytes)
+            cls[0] = alignedClass(nbytes, align)
+            if cls[0] != 0:
+                return mallocSmall(c, cls[0], nbytes, zero)
+        cls[0] = 0
+        if nbytes > MAX_ALLOC:
+            return 0
+        s = mallocLarge(c, (nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT)
         if s == NULL:
-            return None
-        # Made before the clear, so that an interrupted clear frees it.
-        b = newBlock(self, s.startAddr, nbytes, 0, s.elemsize, False)
+            return 0
         if zero:
-            clearLarge(self.h, s, <size_t>nbytes)
-        return b
+            try:
+                clearLarge(self.h, s, nbytes)
+            except BaseException:
+                freeObject(self.h, s.startAddr, False)
+                raise
+        return s.startAddr
 
     def alloc(self, Py_ssize_t nbytes, *, bint zero=True, align=None):
         """Allocate ``nbytes`` bytes.
@@ -311,9 +335,9 @@ cdef class Heap:
 
     cdef object _array(self, object shape, object dtype, object order, bint zero):
         cdef npy_intp dims[MAXDIMS]
-        cdef int nd
+        cdef int nd, cls
         cdef Py_ssize_t nbytes
-        cdef Block b
+        cdef uintptr_t p
         descr = descrOf(dtype)
         nd = parseShape(shape, dims)
         descr = expandSubarray(descr, &nd, dims)
@@ -321,10 +345,22 @@ cdef class Heap:
         nbytes = arrayNbytes(nd, dims, descrItemsize(descr))
         if self._closed:
             raise ValueError("allocation from a closed heap")
-        b = self._tryAlloc(nbytes, descrAlignment(descr), zero)
-        if b is None:
-            raise allocFailed(nd, dims, descr, nbytes)
-        return wrapArray(descr, nd, dims, <void*>b.ptr, fortran, b)
+        if self._capsule is None:
+            self._capsule = self._makeCapsule()
+        if nbytes == 0:
+            p = zerobaseAddr()
+        else:
+            p = self._allocRaw(<size_t>nbytes, descrAlignment(descr), zero, &cls)
+            if p == 0:
+                raise allocFailed(nd, dims, descr, nbytes)
+        return wrapOwned(descr, nd, dims, <void*>p, fortran, self._capsule, self.h)
+
+    cdef object _makeCapsule(self):
+        """This heap as a NumPy data-memory handler (NEP 49), in a capsule
+        that holds a reference to the mheap."""
+        cap = newHandlerCapsule(self.h)
+        self.h.refs += 1
+        return cap
 
     def zeros(self, shape, dtype=float, order="C"):
         """A new array of zeros whose memory comes from this heap.
@@ -595,6 +631,138 @@ cdef class Heap:
         return f"<pyarena.Heap {state} at {id(self):#x}>"
 
 
+# ---------------------------------------------------------------------------
+# The heap as NumPy's data-memory handler (NEP 49).
+#
+# Arrays made by Heap.zeros and friends own their data (NPY_ARRAY_OWNDATA)
+# with this heap's handler capsule as their mem_handler, so NumPy frees the
+# data through handlerFree when the array dies: no owner object per array.
+# NumPy may also allocate through the handler (ndarray.resize, and every
+# array once the handler is installed as NumPy's current one). The
+# callbacks take the GIL if the caller does not hold it: heap metadata is
+# guarded by the GIL.
+
+cdef mcache* cacheOf(mheap* h) except NULL:
+    """The calling thread's cache of h (GIL held)."""
+    cdef mcache* c = <mcache*>tls_get(h.serial)
+    if c != NULL:
+        return c
+    if h.owner != NULL:
+        return (<Heap>h.owner)._cache()
+    # The Heap object is gone; arrays made from it live on.
+    if h.orphan == NULL:
+        h.orphan = allocmcache(h)
+        if h.orphan == NULL:
+            raise MemoryError("cannot allocate a thread cache")
+    return h.orphan
+
+
+cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept with gil:
+    """Memory for NumPy: at least 1 byte, 16-aligned, or 0. Takes the GIL
+    (a no-op counter bump when the caller holds it already)."""
+    cdef mcache* c
+    cdef uintptr_t p
+    cdef mspan* s
+    cdef int cls
+    try:
+        c = cacheOf(h)
+    except MemoryError:
+        return 0
+    if size < TINY_SIZE:
+        size = TINY_SIZE
+    if size <= MAX_SMALL_SIZE:
+        cls = alignedClass(size, 16)
+        if cls != 0:
+            return mallocSmall(c, cls, size, zero)
+    if size > MAX_ALLOC:
+        return 0
+    s = mallocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
+    if s == NULL:
+        return 0
+    if zero:
+        clearLargeNoSignals(h, s, size)
+    return s.startAddr
+
+
+cdef size_t usableSize(mheap* h, uintptr_t p) noexcept:
+    cdef uintptr_t start, size
+    if liveObject(h, p, &start, &size) == NULL:
+        return 0
+    return start + size - p
+
+
+cdef void* handlerMalloc(void* ctx, size_t size) noexcept nogil:
+    return <void*>heapMalloc(<mheap*>ctx, size, False)
+
+
+cdef void* handlerCalloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
+    if elsize and nelem > (<size_t>-1) // elsize:
+        return NULL
+    return <void*>heapMalloc(<mheap*>ctx, nelem * elsize, True)
+
+
+cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept with gil:
+    cdef size_t old
+    cdef void* q
+    if p == NULL or <uintptr_t>p == zerobaseAddr():
+        return <void*>heapMalloc(h, size, False)
+    old = usableSize(h, <uintptr_t>p)
+    if old == 0:
+        return NULL        # not ours: refuse rather than corrupt
+    if size <= old and size > old // 2:
+        return p
+    q = <void*>heapMalloc(h, size, False)
+    if q == NULL:
+        return NULL
+    memcpy(q, p, old if old < size else size)
+    freeObject(h, <uintptr_t>p, False)
+    return q
+
+
+cdef void* handlerRealloc(void* ctx, void* p, size_t size) noexcept nogil:
+    return heapRealloc(<mheap*>ctx, p, size)
+
+
+cdef void handlerFree(void* ctx, void* p, size_t size) noexcept nogil:
+    # NumPy's size is not trusted (it can differ from what was asked):
+    # spanOf finds the object from the address alone. Array deallocation
+    # holds the GIL, so the common case takes no GIL call at all.
+    if p == NULL or <uintptr_t>p == zerobaseAddr():
+        return
+    if PyGILState_Check():
+        freeObject(<mheap*>ctx, <uintptr_t>p, False)
+    else:
+        with gil:
+            freeObject(<mheap*>ctx, <uintptr_t>p, False)
+
+
+cdef void handlerCapsuleDestructor(object cap) noexcept:
+    cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyCapsule_GetPointer(cap, b"mem_handler")
+    if handler == NULL:
+        return
+    mheap_unref(<mheap*>handler.allocator.ctx)
+    PyMem_RawFree(handler)
+
+
+cdef object newHandlerCapsule(mheap* h):
+    cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyMem_RawCalloc(1, sizeof(PyDataMem_Handler))
+    if handler == NULL:
+        raise MemoryError("cannot allocate a NumPy memory handler")
+    strncpy(handler.name, b"pyarena", 127)
+    handler.version = 1
+    handler.allocator.ctx = h
+    handler.allocator.malloc = handlerMalloc
+    handler.allocator.calloc = handlerCalloc
+    handler.allocator.realloc = handlerRealloc
+    handler.allocator.free = handlerFree
+    try:
+        return PyCapsule_New(handler, b"mem_handler",
+                             <PyCapsule_Destructor>handlerCapsuleDestructor)
+    except BaseException:
+        PyMem_RawFree(handler)
+        raise
+
+
 cdef size_t _checkAlign(object align) except 0:
     if not isinstance(align, int):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
@@ -654,11 +822,13 @@ cdef inline Heap _heap():
     return _default if _default is not None else default_heap()
 
 
+@cython.binding(False)
 def zeros(shape, dtype=float, order="C"):
     """``default_heap().zeros(shape, dtype, order)``: see ``Heap.zeros``."""
     return _heap()._array(shape, dtype, order, True)
 
 
+@cython.binding(False)
 def empty(shape, dtype=float, order="C"):
     """``default_heap().empty(shape, dtype, order)``: see ``Heap.empty``."""
     return _heap()._array(shape, dtype, order, False)

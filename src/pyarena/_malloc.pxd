@@ -12,6 +12,7 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
 cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
+cdef void clearLargeNoSignals(mheap* h, mspan* s, size_t nbytes) noexcept
 cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil
 

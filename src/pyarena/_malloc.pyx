@@ -217,3 +217,24 @@ cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
         memclrNoHeapPointersChunked(<char*>a, b - a)
         a = b
     return 0
+
+
+cdef void clearLargeNoSignals(mheap* h, mspan* s, size_t nbytes) noexcept:
+    """clearLarge for callers that cannot raise (NumPy's calloc): the dirty
+    pages are cleared with the GIL released, with no look at signals."""
+    cdef uintptr_t end = s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
+    cdef uintptr_t a = s.startAddr
+    cdef uintptr_t b
+    if not s.needzero:
+        return
+    while a < end:
+        a = nextDirtyPage(h, a, end)
+        if a >= end:
+            break
+        b = nextCleanPage(h, a, end)
+        if b - a <= CLEAR_CHUNK * CLEAR_GIL_CHUNKS:
+            memset(<void*>a, 0, b - a)
+        else:
+            with nogil:
+                memset(<void*>a, 0, b - a)
+        a = b

@@ -8,6 +8,7 @@ from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PA
 
 cdef mheap* mheap_new() noexcept nogil
 cdef void mheap_destroy(mheap* h) noexcept nogil
+cdef void mheap_unref(mheap* h) noexcept nogil
 cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil
 cdef void freeSpan(mheap* h, mspan* s) noexcept nogil
 cdef uintptr_t scavengeAll(mheap* h) noexcept nogil

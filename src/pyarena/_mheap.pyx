@@ -64,12 +64,20 @@ cdef mheap* mheap_new() noexcept nogil:
         return NULL
     h.serial = _nextSerial
     _nextSerial += 1
+    h.refs = 1
     fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
     fixinit(&h.cachealloc, sizeof(mcache), &h.persistent)
     fixinit(&h.tinyrefalloc, 512, &h.persistent)
     for i in range(NUM_SIZE_CLASSES):
         h.central[i].sizeclass = <unsigned char>i
     return h
+
+
+cdef void mheap_unref(mheap* h) noexcept nogil:
+    """Drop one reference; the last one destroys the heap."""
+    h.refs -= 1
+    if h.refs == 0:
+        mheap_destroy(h)
 
 
 cdef void mheap_destroy(mheap* h) noexcept nogil:

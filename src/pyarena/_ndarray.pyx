@@ -17,6 +17,8 @@ only objects made per call are the Block and the array.
 cimport cython
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from pyarena._ndarray cimport PyDataMem_Handler
 from cpython.long cimport PyLong_Check
 from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
@@ -126,7 +128,7 @@ cdef inline int _dim(object x, npy_intp* out) except -1:
     return 0
 
 
-cdef int parseShape(object shape, npy_intp* dims) except -1:
+cdef int parseShapeSlow(object shape, npy_intp* dims) except -1:
     """Read an int or a sequence of ints into dims; return the number of
     dimensions. NumPy's errors and messages."""
     cdef Py_ssize_t n, i
@@ -221,6 +223,41 @@ cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint for
     if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
         Py_DECREF(<object>arr)
         raise MemoryError("cannot set the array's base")
+    cdef object result = <object>arr
+    Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
+    return result
+
+
+cdef extern from *:
+    """
+    /* Make arr own its data with handler as its memory handler, as if
+       NumPy had allocated it through that handler: array_dealloc then frees
+       the data with handler->free. */
+    static inline void pyarena_array_own(PyObject *arr, PyObject *handler) {
+        Py_INCREF(handler);
+        ((PyArrayObject_fields *)arr)->mem_handler = handler;
+        ((PyArrayObject_fields *)arr)->flags |= NPY_ARRAY_OWNDATA;
+    }
+    """
+    void arrayOwn "pyarena_array_own"(PyObject* arr, PyObject* handler)
+
+
+cdef object wrapOwned(object descr, int nd, npy_intp* dims, void* data, bint fortran,
+                      object capsule, void* heap):
+    """A writable ndarray that owns data, to be freed through capsule (the
+    heap's NEP 49 handler). On failure the data is freed here."""
+    cdef int flags = NPY_ARRAY_WRITEABLE
+    cdef PyDataMem_Handler* handler
+    if fortran:
+        flags |= NPY_ARRAY_F_CONTIGUOUS
+    Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
+    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
+                                              NULL, data, flags, NULL)
+    if arr == NULL:
+        handler = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, b"mem_handler")
+        handler.allocator.free(handler.allocator.ctx, data, 0)
+        raise MemoryError("cannot create the array object")
+    arrayOwn(arr, <PyObject*>capsule)
     cdef object result = <object>arr
     Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
     return result

@@ -186,6 +186,14 @@ cdef struct arenaReservation:
 
 cdef struct mheap:
     uint64_t serial                     # unique per heap in the process
+    # Lifetime: the Heap object holds one reference, its NumPy allocator
+    # capsule another (arrays that own heap memory hold the capsule). The
+    # mheap is destroyed when both are gone. owner is the Heap object
+    # (borrowed), NULL once it has died; orphan serves allocations made
+    # through the capsule after that.
+    uint64_t refs
+    void* owner
+    mcache* orphan
     heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
     heapArena* allArenas
     arenaReservation* reservations
