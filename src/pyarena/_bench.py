@@ -1,8 +1,16 @@
-"""Side-by-side timing of pyarena against the allocation it replaces.
+"""``python -m pyarena bench``: pyarena beside the allocation it replaces.
 
-Each cell times a loop of "allocate and drop" for pyarena and for its peer,
-interleaving the two in rounds (A, B, A, B, ...) so that the machine's
-phases hit both alike, and reports per-operation medians and their ratio.
+Every cell times one loop for pyarena and for its peer in the same run:
+rounds alternate A, B, A, B, ... so that the shared machine's fast and slow
+phases hit both alike, each round times a batch of operations, and the cell
+reports the median per-operation time of each side and their ratio.
+
+Tables:
+
+- zeros: ``pyarena.zeros(n bytes, uint8)`` against ``numpy.zeros``, for
+  "allocate and drop" and for "allocate, write one byte per 4 KiB page,
+  drop" (the second pays for page faults where memory is fresh).
+- blocks: ``Heap.alloc`` against ``bytearray``, the raw-buffer peers.
 """
 
 from __future__ import annotations
@@ -11,9 +19,13 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 import pyarena
 
-SIZES = (64, 1024, 16 << 10, 1 << 20)
+ZERO_SIZES = (8, 64, 1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20)
+BLOCK_SIZES = (64, 1 << 10, 1 << 20)
+PAGE = 4096
 
 
 def _label(n: int) -> str:
@@ -23,45 +35,125 @@ def _label(n: int) -> str:
     return f"{n} B"
 
 
-def _time_loop(fn, n: int, reps: int) -> float:
-    t0 = time.perf_counter_ns()
-    for _ in range(reps):
-        fn(n)
-    return (time.perf_counter_ns() - t0) / reps
+def _drop_loop(make, n: int):
+    def run(reps: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(reps):
+            make(n)
+        return time.perf_counter_ns() - t0
+    return run
+
+
+def _touch_loop(make, n: int):
+    def run(reps: int) -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(reps):
+            a = make(n)
+            a[::PAGE] = 1
+            del a
+        return time.perf_counter_ns() - t0
+    return run
+
+
+def _calibrate(run, budget_ns: float) -> int:
+    """Repetitions of run that take about budget_ns."""
+    reps = 1
+    while True:
+        t = run(reps)
+        if t >= budget_ns / 4 or reps >= 1 << 20:
+            return max(1, int(reps * budget_ns / max(t, 1)))
+        reps *= 4
+
+
+def _cell(run_a, run_b, rounds: int, budget_ns: float) -> tuple[float, float]:
+    reps = min(_calibrate(run_a, budget_ns), _calibrate(run_b, budget_ns))
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(run_a(reps) / reps)
+        b.append(run_b(reps) / reps)
+    return statistics.median(a), statistics.median(b)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            sys.stderr.write(f"\rbench {self.done:3d}/{self.total}  {what:<32}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
 
 
 def run(quick: bool = False, progress: bool = True) -> dict:
+    """Run every cell; return the results as plain data (see --json)."""
+    rounds = 5 if quick else 11
+    budget = 3e6 if quick else 20e6
     heap = pyarena.Heap()
-    alloc = heap.alloc
-    rounds = 5 if quick else 15
+    zeros = heap.zeros
+    u8 = np.dtype(np.uint8)
+
+    def pa(n):
+        return zeros(n, u8)
+
+    def npz(n):
+        return np.zeros(n, u8)
+
     cells = []
-    for k, n in enumerate(SIZES):
-        reps = max(20, (200_000 if quick else 1_000_000) // max(1, n // 64))
-        reps = min(reps, 100_000 if quick else 400_000)
-        a_times, b_times = [], []
-        _time_loop(alloc, n, reps // 10 + 1)
-        _time_loop(bytearray, n, reps // 10 + 1)
-        for r in range(rounds):
-            a_times.append(_time_loop(alloc, n, reps))
-            b_times.append(_time_loop(bytearray, n, reps))
-            if progress:
-                done = (k * rounds + r + 1) / (len(SIZES) * rounds)
-                sys.stderr.write(f"\rbench {done:6.1%}  {_label(n):>8}")
-                sys.stderr.flush()
-        a, b = statistics.median(a_times), statistics.median(b_times)
-        cells.append(dict(size=n, label=_label(n), pyarena_ns=a, peer="bytearray",
-                          peer_ns=b, ratio=a / b))
-    if progress:
-        sys.stderr.write("\r" + " " * 40 + "\r")
+    prog = _Progress(2 * len(ZERO_SIZES) + len(BLOCK_SIZES), progress)
+    for loop_name, loop in (("alloc+drop", _drop_loop), ("alloc+touch+drop", _touch_loop)):
+        for n in ZERO_SIZES:
+            prog.step(f"zeros {loop_name} {_label(n)}")
+            a, b = _cell(loop(pa, n), loop(npz, n), rounds, budget)
+            cells.append(dict(table="zeros", loop=loop_name, size=n, label=_label(n),
+                              pyarena_ns=a, peer="numpy.zeros", peer_ns=b, ratio=a / b))
+    alloc = heap.alloc
+    for n in BLOCK_SIZES:
+        prog.step(f"blocks {_label(n)}")
+        a, b = _cell(_drop_loop(alloc, n), _drop_loop(bytearray, n), rounds, budget)
+        cells.append(dict(table="blocks", loop="alloc+drop", size=n, label=_label(n),
+                          pyarena_ns=a, peer="bytearray", peer_ns=b, ratio=a / b))
+    prog.close()
+    st = heap.stats()
     heap.close()
-    return dict(rounds=rounds, cells=cells)
+    return dict(quick=quick, rounds=rounds, numpy=np.__version__, pyarena=pyarena.__version__,
+                heap_sys=st.heap_sys, cells=cells)
+
+
+def _fmt_ns(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} us"
+    return f"{ns:.0f} ns"
 
 
 def format_table(results: dict) -> str:
-    lines = [f"allocate + drop, zeroed; medians of {results['rounds']} interleaved rounds",
-             f"{'size':>8} {'Heap.alloc ns':>14} {'peer':>10} {'peer ns':>10} {'ratio':>7}"]
+    out = [f"pyarena {results['pyarena']} beside numpy {results['numpy']}: medians of "
+           f"{results['rounds']} interleaved rounds; ratio = pyarena / peer "
+           "(below 1: pyarena faster)", ""]
+    zero = [c for c in results["cells"] if c["table"] == "zeros"]
+    out.append("zeroed arrays, uint8: pyarena.zeros vs numpy.zeros")
+    out.append(f"{'size':>8} | {'alloc+drop':^27} | {'alloc+touch+drop':^27}")
+    out.append(f"{'':>8} | {'pyarena':>9} {'numpy':>9} {'ratio':>5} |"
+               f" {'pyarena':>9} {'numpy':>9} {'ratio':>5}")
+    for n in ZERO_SIZES:
+        row = [c for c in zero if c["size"] == n]
+        d = next(c for c in row if c["loop"] == "alloc+drop")
+        t = next(c for c in row if c["loop"] == "alloc+touch+drop")
+        out.append(f"{_label(n):>8} | {_fmt_ns(d['pyarena_ns']):>9} {_fmt_ns(d['peer_ns']):>9}"
+                   f" {d['ratio']:5.2f} | {_fmt_ns(t['pyarena_ns']):>9}"
+                   f" {_fmt_ns(t['peer_ns']):>9} {t['ratio']:5.2f}")
+    out.append("")
+    out.append("raw buffers: Heap.alloc vs bytearray (both zeroed), alloc+drop")
+    out.append(f"{'size':>8} | {'pyarena':>9} {'bytearray':>9} {'ratio':>5}")
     for c in results["cells"]:
-        lines.append(f"{c['label']:>8} {c['pyarena_ns']:14.1f} {c['peer']:>10} "
-                     f"{c['peer_ns']:10.1f} {c['ratio']:7.2f}")
-    lines.append("ratio = pyarena / peer (below 1: pyarena is faster)")
-    return "\n".join(lines)
+        if c["table"] == "blocks":
+            out.append(f"{c['label']:>8} | {_fmt_ns(c['pyarena_ns']):>9}"
+                       f" {_fmt_ns(c['peer_ns']):>9} {c['ratio']:5.2f}")
+    return "\n".join(out)

@@ -43,7 +43,7 @@ from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHu
                            sysUnused, physPageSize)
 from pyarena._persistentalloc cimport persistentalloc, persistentfreeall
 from pyarena._mfixalloc cimport fixinit, fixalloc_alloc, fixalloc_free
-from pyarena._mspan cimport initSpan, spanListPush, spanListRemove
+from pyarena._mspan cimport initSpan, spanListPush, spanListRemove, ctz64, popcount64
 from pyarena._mheap cimport arenaOf
 
 cdef enum:
@@ -130,26 +130,46 @@ cdef inline bint scavBit(heapArena* ha, uintptr_t i) noexcept nogil:
     return (ha.scav[i >> 6] >> (i & 63)) & 1
 
 
+# The scav bitmap is walked a 64-bit word at a time: a 4 MiB object is 512
+# pages, 8 words. Each helper splits its page range at arena boundaries.
+
+cdef inline uintptr_t arenaStop(heapArena* ha, uintptr_t end) noexcept nogil:
+    """Page index, in ha, where a range ending at end stops."""
+    if end - ha.base >= (<uintptr_t>PAGES_PER_ARENA << PAGE_SHIFT):
+        return PAGES_PER_ARENA
+    return (end - ha.base) >> PAGE_SHIFT
+
+
+cdef inline uint64_t wordMask(uintptr_t i, uintptr_t stop) noexcept nogil:
+    """Bits of word i >> 6 for pages i .. min(stop, next word) - 1."""
+    cdef uint64_t m = ~(<uint64_t>0) << (i & 63)
+    if stop - (i & ~(<uintptr_t>63)) < 64:
+        m &= ((<uint64_t>1) << (stop & 63)) - 1
+    return m
+
+
 cdef uintptr_t setScav(mheap* h, uintptr_t base, uintptr_t npages, bint value) noexcept nogil:
     """Set or clear the scav bits of a page range; return how many bits
     were set before."""
     cdef uintptr_t addr = base
     cdef uintptr_t end = base + (npages << PAGE_SHIFT)
     cdef uintptr_t count = 0
-    cdef uintptr_t i
+    cdef uintptr_t i, stop
     cdef heapArena* ha
-    cdef uint64_t bit
+    cdef uint64_t m
     while addr < end:
         ha = arenaOf(h, addr)
         i = pageIndex(ha, addr)
-        bit = (<uint64_t>1) << (i & 63)
-        if ha.scav[i >> 6] & bit:
-            count += 1
-        if value:
-            ha.scav[i >> 6] |= bit
-        else:
-            ha.scav[i >> 6] &= ~bit
-        addr += PAGE_SIZE
+        stop = arenaStop(ha, end)
+        while i < stop:
+            m = wordMask(i, stop)
+            count += popcount64(ha.scav[i >> 6] & m)
+            if value:
+                ha.scav[i >> 6] |= m
+            else:
+                ha.scav[i >> 6] &= ~m
+            i = (i | 63) + 1
+        addr = ha.base + (stop << PAGE_SHIFT)
     return count
 
 
@@ -157,34 +177,49 @@ cdef uintptr_t countScav(mheap* h, uintptr_t base, uintptr_t npages) noexcept no
     cdef uintptr_t addr = base
     cdef uintptr_t end = base + (npages << PAGE_SHIFT)
     cdef uintptr_t count = 0
+    cdef uintptr_t i, stop
     cdef heapArena* ha
     while addr < end:
         ha = arenaOf(h, addr)
-        count += scavBit(ha, pageIndex(ha, addr))
-        addr += PAGE_SIZE
+        i = pageIndex(ha, addr)
+        stop = arenaStop(ha, end)
+        while i < stop:
+            count += popcount64(ha.scav[i >> 6] & wordMask(i, stop))
+            i = (i | 63) + 1
+        addr = ha.base + (stop << PAGE_SHIFT)
     return count
+
+
+cdef uintptr_t scanScav(mheap* h, uintptr_t addr, uintptr_t end, bint clean) noexcept nogil:
+    """First page address in [addr, end) whose scav bit is clean (set) or
+    dirty (clear), as asked; end if there is none."""
+    cdef uintptr_t i, stop
+    cdef heapArena* ha
+    cdef uint64_t bits
+    while addr < end:
+        ha = arenaOf(h, addr)
+        i = pageIndex(ha, addr)
+        stop = arenaStop(ha, end)
+        while i < stop:
+            bits = ha.scav[i >> 6]
+            if not clean:
+                bits = ~bits
+            bits &= wordMask(i, stop)
+            if bits:
+                return ha.base + (((i & ~(<uintptr_t>63)) + ctz64(bits)) << PAGE_SHIFT)
+            i = (i | 63) + 1
+        addr = ha.base + (stop << PAGE_SHIFT)
+    return end
 
 
 cdef uintptr_t nextCleanPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil:
     """First page address in [addr, end) whose scav bit is set, else end."""
-    cdef heapArena* ha
-    while addr < end:
-        ha = arenaOf(h, addr)
-        if scavBit(ha, pageIndex(ha, addr)):
-            return addr
-        addr += PAGE_SIZE
-    return end
+    return scanScav(h, addr, end, True)
 
 
 cdef uintptr_t nextDirtyPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept nogil:
     """First page address in [addr, end) whose scav bit is clear, else end."""
-    cdef heapArena* ha
-    while addr < end:
-        ha = arenaOf(h, addr)
-        if not scavBit(ha, pageIndex(ha, addr)):
-            return addr
-        addr += PAGE_SIZE
-    return end
+    return scanScav(h, addr, end, False)
 
 
 # ---------------------------------------------------------------------------

@@ -84,7 +84,7 @@ cdef object descrOf(object dtype):
     if dtype is _lastKey:
         return _lastDescr
     d = _descrOf(dtype)
-    if type(dtype) is type or type(dtype) is str or type(dtype) is DTYPE:
+    if type(dtype) is type or type(dtype) is str or isinstance(dtype, DTYPE):
         _lastKey = dtype
         _lastDescr = d
     return d
@@ -93,7 +93,7 @@ cdef object descrOf(object dtype):
 cdef object _descrOf(object dtype):
     cdef object d
     cdef PyObject* hit
-    if type(dtype) is DTYPE:
+    if isinstance(dtype, DTYPE):
         if dtype.itemsize == 0 or dtype.hasobject:
             return _normalise(dtype)
         return dtype
