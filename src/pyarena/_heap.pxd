@@ -1,5 +1,8 @@
 # The Python objects of pyarena. See _heap.pyx.
 from libc.stdint cimport uintptr_t
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
 from pyarena._types cimport mheap, mcache
 
 cdef class Block
@@ -14,6 +17,8 @@ cdef class Heap:
     cdef bint _closed
     cdef object _final
     cdef object _capsule
+    cdef pthread_t _tid
+    cdef mcache* _tcache
     cdef void _destroy(self)
     cdef mcache* _cache(self) except NULL
     cdef mcache* _cacheSlow(self) except NULL
@@ -21,6 +26,7 @@ cdef class Heap:
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0
     cdef object _makeCapsule(self)
+    cdef bint _ownsEmpty(self, object obj)
     cdef object _stats(self)
     cdef object _array(self, object shape, object dtype, object order, bint zero)
     cdef object _like(self, object a, object dtype, object order, object shape, bint zero)

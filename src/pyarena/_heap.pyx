@@ -38,7 +38,7 @@ from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge
                               clearLarge, clearLargeNoSignals, liveObject, FREE_OK)
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbytes, parseOrder,
                                wrapOwned, descrAlignment, descrItemsize, allocFailed,
-                               expandSubarray, PyDataMem_Handler)
+                               expandSubarray, PyDataMem_Handler, arrayHandler)
 from pyarena._mstats import MemStats, SizeClassStats
 import _thread
 import numpy as np
@@ -84,8 +84,14 @@ cdef class _CacheOwner:
     """Holds one thread's mcache of one heap; its death returns the cache."""
 
     def __dealloc__(self):
+        cdef Heap heap
         if self.c != NULL:
             tls_forget(self.c)
+            if self.c.heap.owner != NULL:
+                heap = <Heap>self.c.heap.owner
+                if heap._tcache == self.c:
+                    heap._tid = 0
+                    heap._tcache = NULL
             freemcache(self.c)
             self.c = NULL
 
@@ -202,6 +208,8 @@ cdef class Heap:
         self._closed = False
         self._final = None
         self._capsule = None
+        self._tid = 0
+        self._tcache = NULL
 
     def __dealloc__(self):
         self._destroy()
@@ -221,10 +229,21 @@ cdef class Heap:
         mheap_unref(h)
 
     cdef mcache* _cache(self) except NULL:
-        cdef mcache* c = <mcache*>tls_get(self.h.serial)
-        if c != NULL:
-            return c
-        return self._cacheSlow()
+        """The calling thread's mcache of this heap. The last thread to ask
+        is remembered in the object itself (one compare); other threads go
+        through the thread-local table, then the threading.local owner.
+        A thread id is reused only after its thread ended, and the ending
+        thread's owner forgets itself here first (_CacheOwner.__dealloc__)."""
+        cdef pthread_t me = pthread_self()
+        cdef mcache* c
+        if me == self._tid:
+            return self._tcache
+        c = <mcache*>tls_get(self.h.serial)
+        if c == NULL:
+            c = self._cacheSlow()
+        self._tid = me
+        self._tcache = c
+        return c
 
     cdef mcache* _cacheSlow(self) except NULL:
         cdef _CacheOwner owner = getattr(self._tls, "owner", None)
@@ -336,13 +355,18 @@ cdef class Heap:
     cdef object _array(self, object shape, object dtype, object order, bint zero):
         cdef npy_intp dims[MAXDIMS]
         cdef int nd, cls
-        cdef Py_ssize_t nbytes
+        cdef Py_ssize_t nbytes, itemsize
+        cdef size_t align
+        cdef bint hassub
         cdef uintptr_t p
-        descr = descrOf(dtype)
+        descr = descrOf(dtype, &itemsize, &align, &hassub)
         nd = parseShape(shape, dims)
-        descr = expandSubarray(descr, &nd, dims)
+        if hassub:
+            descr = expandSubarray(descr, &nd, dims)
+            itemsize = descrItemsize(descr)
+            align = descrAlignment(descr)
         fortran = parseOrder(order)
-        nbytes = arrayNbytes(nd, dims, descrItemsize(descr))
+        nbytes = arrayNbytes(nd, dims, itemsize)
         if self._closed:
             raise ValueError("allocation from a closed heap")
         if self._capsule is None:
@@ -350,7 +374,7 @@ cdef class Heap:
         if nbytes == 0:
             p = zerobaseAddr()
         else:
-            p = self._allocRaw(<size_t>nbytes, descrAlignment(descr), zero, &cls)
+            p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
             if p == 0:
                 raise allocFailed(nd, dims, descr, nbytes)
         return wrapOwned(descr, nd, dims, <void*>p, fortran, self._capsule, self.h)
@@ -358,7 +382,7 @@ cdef class Heap:
     cdef object _makeCapsule(self):
         """This heap as a NumPy data-memory handler (NEP 49), in a capsule
         that holds a reference to the mheap."""
-        cap = newHandlerCapsule(self.h)
+        cap = newHandlerCapsule(self.h, True)
         self.h.refs += 1
         return cap
 
@@ -478,7 +502,8 @@ cdef class Heap:
             object exporting a buffer, such as a memoryview or a NumPy
             array, whose bytes must all lie in one live allocation of this
             heap. A zero-length buffer is judged by the object behind it
-            (``.obj`` of a memoryview, ``.base`` of an array).
+            (``.obj`` of a memoryview, ``.base`` of an array): an array
+            made by this heap, or a Block of it.
 
         Returns
         -------
@@ -500,24 +525,54 @@ cdef class Heap:
             if obj < 0 or obj >= 0x1000000000000:  # 1 << ADDR_BITS
                 return False
             return liveObject(self.h, <uintptr_t>obj, &start, &size) != NULL
-        PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
-        try:
-            if view.len == 0:
-                inner = _baseOf(obj)
-                return inner is not None and self.owns(inner)
-            lo = hi = <uintptr_t>view.buf
-            for i in range(view.ndim):
-                extent = (view.shape[i] - 1) * view.strides[i]
+        if isinstance(obj, np.ndarray):
+            # Through the array interface: the buffer protocol refuses some
+            # dtypes (datetime64).
+            if obj.size == 0:
+                return self._ownsEmpty(obj)
+            iface = obj.__array_interface__
+            lo = hi = <uintptr_t>iface["data"][0]
+            strides = obj.strides
+            for i in range(obj.ndim):
+                extent = (obj.shape[i] - 1) * strides[i]
                 if extent < 0:
                     lo += extent
                 else:
                     hi += extent
-            hi += view.itemsize - 1
-        finally:
-            PyBuffer_Release(&view)
+            hi += obj.itemsize - 1
+        else:
+            PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
+            try:
+                if view.len == 0:
+                    return self._ownsEmpty(obj)
+                lo = hi = <uintptr_t>view.buf
+                for i in range(view.ndim):
+                    extent = (view.shape[i] - 1) * view.strides[i]
+                    if extent < 0:
+                        lo += extent
+                    else:
+                        hi += extent
+                hi += view.itemsize - 1
+            finally:
+                PyBuffer_Release(&view)
         if liveObject(self.h, lo, &start, &size) == NULL:
             return False
         return hi < start + size
+
+    cdef bint _ownsEmpty(self, object obj):
+        """A zero-length buffer has no bytes to look up: follow .obj/.base to
+        the array that owns the memory (is its NumPy handler this heap's?)
+        or to a Block."""
+        cdef int k
+        for k in range(64):
+            if obj is None:
+                return False
+            if isinstance(obj, Block):
+                return (<Block>obj).heap is self
+            if isinstance(obj, np.ndarray) and obj.flags.owndata:
+                return self._capsule is not None and arrayHandler(obj) is self._capsule
+            obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        return False
 
     def stats(self):
         """A snapshot of the heap's statistics.
@@ -736,6 +791,15 @@ cdef void handlerFree(void* ctx, void* p, size_t size) noexcept nogil:
             freeObject(<mheap*>ctx, <uintptr_t>p, False)
 
 
+cdef void handlerFreeHeld(void* ctx, void* p, size_t size) noexcept nogil:
+    # handlerFree for the arrays Heap.zeros and friends make: NumPy frees an
+    # array's own data only where it holds the GIL (array_dealloc, resize,
+    # __setstate__), so this one skips the check.
+    if p == NULL or <uintptr_t>p == zerobaseAddr():
+        return
+    freeObject(<mheap*>ctx, <uintptr_t>p, False)
+
+
 cdef void handlerCapsuleDestructor(object cap) noexcept:
     cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyCapsule_GetPointer(cap, b"mem_handler")
     if handler == NULL:
@@ -744,7 +808,9 @@ cdef void handlerCapsuleDestructor(object cap) noexcept:
     PyMem_RawFree(handler)
 
 
-cdef object newHandlerCapsule(mheap* h):
+cdef object newHandlerCapsule(mheap* h, bint ownArrays):
+    """A PyDataMem_Handler capsule for h. ownArrays: for arrays this heap
+    makes itself, whose frees always hold the GIL."""
     cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyMem_RawCalloc(1, sizeof(PyDataMem_Handler))
     if handler == NULL:
         raise MemoryError("cannot allocate a NumPy memory handler")
@@ -754,7 +820,7 @@ cdef object newHandlerCapsule(mheap* h):
     handler.allocator.malloc = handlerMalloc
     handler.allocator.calloc = handlerCalloc
     handler.allocator.realloc = handlerRealloc
-    handler.allocator.free = handlerFree
+    handler.allocator.free = handlerFreeHeld if ownArrays else handlerFree
     try:
         return PyCapsule_New(handler, b"mem_handler",
                              <PyCapsule_Destructor>handlerCapsuleDestructor)
@@ -770,21 +836,6 @@ cdef size_t _checkAlign(object align) except 0:
         raise ValueError(f"align must be a power of two from 1 to {PAGE_SIZE}, "
                          f"got {align}")
     return <size_t>align
-
-
-cdef object _baseOf(object obj):
-    """The object a zero-length buffer stands on: a Block, a memoryview's
-    exporter, an array's base."""
-    seen = 0
-    while obj is not None and seen < 64:
-        if isinstance(obj, Block):
-            return obj
-        if isinstance(obj, memoryview):
-            obj = obj.obj
-        else:
-            obj = getattr(obj, "base", None)
-        seen += 1
-    return None
 
 
 cdef Heap _default = None

@@ -20,7 +20,7 @@ cdef enum:
     MAXDIMS = 64          # NPY_MAXDIMS in NumPy 2
     ARRAY_ALIGN = 16      # every array's data is at least 16-aligned
 
-cdef object descrOf(object dtype)
+cdef object descrOf(object dtype, Py_ssize_t* itemsize, size_t* align, bint* hassub)
 cdef int parseShapeSlow(object shape, npy_intp* dims) except -1
 
 cdef extern from "Python.h":
@@ -48,4 +48,5 @@ cdef object wrapOwned(object descr, int nd, npy_intp* dims, void* data, bint for
 cdef size_t descrAlignment(object descr) except 0
 cdef Py_ssize_t descrItemsize(object descr) noexcept
 cdef object expandSubarray(object descr, int* nd, npy_intp* dims)
+cdef object arrayHandler(object arr)
 cdef object allocFailed(int nd, npy_intp* dims, object descr, Py_ssize_t nbytes)

@@ -69,25 +69,39 @@ cdef object _normalise(object dtype):
     return d
 
 
-# The last dtype argument seen and its descriptor: most code asks for the
-# same dtype over and over, and an identity test is far cheaper than a dict
-# lookup (which in 3.11 also saves and restores the error state).
+# The last dtype argument seen, its descriptor and what the array path
+# needs of it: most code asks for the same dtype over and over, and an
+# identity test is far cheaper than a dict lookup (which in 3.11 also saves
+# and restores the error state) or NumPy 2's descriptor accessors.
 cdef object _lastKey = None
 cdef object _lastDescr = None
+cdef Py_ssize_t _lastItemsize = 0
+cdef size_t _lastAlign = ARRAY_ALIGN
+cdef bint _lastSub = False
 
 
-cdef object descrOf(object dtype):
-    """The descriptor for a dtype argument, from the cache when it can."""
-    global _lastKey, _lastDescr
+cdef object descrOf(object dtype, Py_ssize_t* itemsize, size_t* align, bint* hassub):
+    """The descriptor for a dtype argument, from the cache when it can, with
+    its itemsize, the alignment its arrays get and whether it is a
+    sub-array dtype."""
+    global _lastKey, _lastDescr, _lastItemsize, _lastAlign, _lastSub
     cdef object d
-    cdef PyObject* hit
-    if dtype is _lastKey:
-        return _lastDescr
-    d = _descrOf(dtype)
-    if type(dtype) is type or type(dtype) is str or isinstance(dtype, DTYPE):
+    if dtype is not _lastKey:
+        d = _descrOf(dtype)
+        if not (type(dtype) is type or type(dtype) is str or isinstance(dtype, DTYPE)):
+            itemsize[0] = descrItemsize(d)
+            align[0] = descrAlignment(d)
+            hassub[0] = PyDataType_HASSUBARRAY(<PyArray_Descr*>d)
+            return d
         _lastKey = dtype
         _lastDescr = d
-    return d
+        _lastItemsize = descrItemsize(d)
+        _lastAlign = descrAlignment(d)
+        _lastSub = PyDataType_HASSUBARRAY(<PyArray_Descr*>d)
+    itemsize[0] = _lastItemsize
+    align[0] = _lastAlign
+    hassub[0] = _lastSub
+    return _lastDescr
 
 
 cdef object _descrOf(object dtype):
@@ -219,10 +233,11 @@ cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint for
                                               NULL, data, flags, NULL)
     if arr == NULL:
         raise MemoryError("cannot create the array object")
-    Py_INCREF(owner)        # PyArray_SetBaseObject steals it
-    if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
-        Py_DECREF(<object>arr)
-        raise MemoryError("cannot set the array's base")
+    if owner is not None:
+        Py_INCREF(owner)        # PyArray_SetBaseObject steals it
+        if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
+            Py_DECREF(<object>arr)
+            raise MemoryError("cannot set the array's base")
     cdef object result = <object>arr
     Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
     return result
@@ -238,8 +253,18 @@ cdef extern from *:
         ((PyArrayObject_fields *)arr)->mem_handler = handler;
         ((PyArrayObject_fields *)arr)->flags |= NPY_ARRAY_OWNDATA;
     }
+    static inline PyObject *pyarena_array_mem_handler(PyObject *arr) {
+        return ((PyArrayObject_fields *)arr)->mem_handler;
+    }
     """
     void arrayOwn "pyarena_array_own"(PyObject* arr, PyObject* handler)
+    PyObject* arrayMemHandler "pyarena_array_mem_handler"(PyObject* arr)
+
+
+cdef object arrayHandler(object arr):
+    """The mem_handler capsule of an ndarray that owns its data, or None."""
+    cdef PyObject* h = arrayMemHandler(<PyObject*>arr)
+    return None if h == NULL else <object>h
 
 
 cdef object wrapOwned(object descr, int nd, npy_intp* dims, void* data, bint fortran,
