@@ -386,7 +386,7 @@ cdef class Heap:
         self.h.refs += 1
         return cap
 
-    def zeros(self, shape, dtype=float, order="C"):
+    def zeros(self, shape, dtype=float, order="C", *, device=None, like=None):
         """A new array of zeros whose memory comes from this heap.
 
         Parameters
@@ -404,7 +404,9 @@ cdef class Heap:
         -------
         numpy.ndarray
             A plain, writable ndarray, aligned for its dtype and to at least
-            16 bytes, whose ``.base`` is the Block holding its memory.
+            16 bytes. It owns its memory (``flags.owndata``) through this
+            heap's NumPy memory handler: NumPy gives the memory back to the
+            heap when the array and every view of it are gone.
 
         Raises
         ------
@@ -420,22 +422,28 @@ cdef class Heap:
         --------
         numpy.zeros, empty, full, zeros_like
         """
+        if device is not None or like is not None:
+            _checkDeviceLike(device, like)
         return self._array(shape, dtype, order, True)
 
-    def empty(self, shape, dtype=float, order="C"):
+    def empty(self, shape, dtype=float, order="C", *, device=None, like=None):
         """A new array without initialising its entries (``numpy.empty``).
 
         Same parameters as ``zeros``. Memory that is known to be zero (fresh
         from the OS, or never used) is returned as it is; reused memory
         holds whatever was there.
         """
+        if device is not None or like is not None:
+            _checkDeviceLike(device, like)
         return self._array(shape, dtype, order, False)
 
-    def full(self, shape, fill_value, dtype=None, order="C"):
+    def full(self, shape, fill_value, dtype=None, order="C", *, device=None, like=None):
         """A new array filled with ``fill_value`` (``numpy.full``).
 
         ``dtype=None`` takes the dtype of ``numpy.array(fill_value)``.
         """
+        if device is not None or like is not None:
+            _checkDeviceLike(device, like)
         if dtype is None:
             dtype = np.array(fill_value).dtype
         a = self._array(shape, dtype, order, False)
@@ -471,7 +479,7 @@ cdef class Heap:
             inverse[i] = k
         return out.transpose(inverse)
 
-    def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None):
+    def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """An array of zeros with the shape and type of ``a``
         (``numpy.zeros_like``), its memory from this heap.
 
@@ -480,14 +488,21 @@ cdef class Heap:
         signature; the result is always a plain ndarray, since a subclass
         could not be guaranteed to keep the heap memory.
         """
+        if device is not None:
+            _checkDeviceLike(device, None)
         return self._like(a, dtype, order, shape, True)
 
-    def empty_like(self, a, dtype=None, order="K", subok=True, shape=None):
+    def empty_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """``zeros_like`` without initialising the entries (``numpy.empty_like``)."""
+        if device is not None:
+            _checkDeviceLike(device, None)
         return self._like(a, dtype, order, shape, False)
 
-    def full_like(self, a, fill_value, dtype=None, order="K", subok=True, shape=None):
+    def full_like(self, a, fill_value, dtype=None, order="K", subok=True, shape=None, *,
+                  device=None):
         """An array like ``a`` filled with ``fill_value`` (``numpy.full_like``)."""
+        if device is not None:
+            _checkDeviceLike(device, None)
         out = self._like(a, dtype, order, shape, False)
         np.copyto(out, fill_value, casting="unsafe")
         return out
@@ -829,6 +844,16 @@ cdef object newHandlerCapsule(mheap* h, bint ownArrays):
         raise
 
 
+cdef int _checkDeviceLike(object device, object like) except -1:
+    """NumPy 2's device= and like= keywords: the CPU is the only device,
+    and like= (dispatch to another array library) cannot give heap memory."""
+    if device is not None and device != "cpu":
+        raise ValueError(f"Device not understood. Only \"cpu\" is allowed, but received: {device}")
+    if like is not None:
+        raise TypeError("pyarena makes numpy arrays from its heap; like= is not supported")
+    return 0
+
+
 cdef size_t _checkAlign(object align) except 0:
     if not isinstance(align, int):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
@@ -844,12 +869,16 @@ cdef Heap _default = None
 def default_heap():
     """The process-wide heap behind the module-level functions.
 
+    Made on first use. If it has been closed, a new one takes its place.
+
     Returns
     -------
     Heap
     """
     global _default
-    if _default is None:
+    if _default is None or _default._closed:
+        # A closed default heap is replaced: module-level allocation keeps
+        # working, and the old heap lives on for the blocks it still has.
         _default = Heap()
     return _default
 
@@ -870,36 +899,52 @@ def release():
 
 
 cdef inline Heap _heap():
-    return _default if _default is not None else default_heap()
+    if _default is not None and not _default._closed:
+        return _default
+    return default_heap()
 
 
 @cython.binding(False)
-def zeros(shape, dtype=float, order="C"):
-    """``default_heap().zeros(shape, dtype, order)``: see ``Heap.zeros``."""
+def zeros(shape, dtype=float, order="C", *, device=None, like=None):
+    """zeros(shape, dtype=None, order='C', *, device=None, like=None)
+--
+
+``default_heap().zeros(...)``: see ``Heap.zeros``."""
+    if device is not None or like is not None:
+        _checkDeviceLike(device, like)
     return _heap()._array(shape, dtype, order, True)
 
 
 @cython.binding(False)
-def empty(shape, dtype=float, order="C"):
-    """``default_heap().empty(shape, dtype, order)``: see ``Heap.empty``."""
+def empty(shape, dtype=float, order="C", *, device=None, like=None):
+    """empty(shape, dtype=None, order='C', *, device=None, like=None)
+--
+
+``default_heap().empty(...)``: see ``Heap.empty``."""
+    if device is not None or like is not None:
+        _checkDeviceLike(device, like)
     return _heap()._array(shape, dtype, order, False)
 
 
-def full(shape, fill_value, dtype=None, order="C"):
+def full(shape, fill_value, dtype=None, order="C", *, device=None, like=None):
     """``default_heap().full(...)``: see ``Heap.full``."""
-    return _heap().full(shape, fill_value, dtype, order)
+    return _heap().full(shape, fill_value, dtype, order, device=device, like=like)
 
 
-def zeros_like(a, dtype=None, order="K", subok=True, shape=None):
+def zeros_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().zeros_like(...)``: see ``Heap.zeros_like``."""
+    if device is not None:
+        _checkDeviceLike(device, None)
     return _heap()._like(a, dtype, order, shape, True)
 
 
-def empty_like(a, dtype=None, order="K", subok=True, shape=None):
+def empty_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().empty_like(...)``: see ``Heap.empty_like``."""
+    if device is not None:
+        _checkDeviceLike(device, None)
     return _heap()._like(a, dtype, order, shape, False)
 
 
-def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None):
+def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().full_like(...)``: see ``Heap.full_like``."""
-    return _heap().full_like(a, fill_value, dtype, order, subok, shape)
+    return _heap().full_like(a, fill_value, dtype, order, subok, shape, device=device)

@@ -2,16 +2,19 @@
 """The NumPy face: turn heap memory into plain numpy.ndarray objects.
 
 Heap.zeros/empty/full and the *_like functions (in _heap.pyx) parse their
-arguments here, allocate a Block of the array's byte size, and wrap it:
-PyArray_NewFromDescr over the Block's memory, with the Block as the array's
-base, so the array (and every view of it) keeps the memory alive. The
-arrays are ordinary ndarrays: NumPy never frees their data; the Block does,
-when the last array or view over it dies.
+arguments here, allocate the array's bytes from the heap, and wrap them:
+PyArray_NewFromDescr over that memory, then the array is made to own it
+(NPY_ARRAY_OWNDATA) with the heap's NEP 49 handler capsule as its
+mem_handler, exactly as if NumPy had allocated it through that handler.
+When the array dies NumPy hands the memory back through the handler's
+free; views hold the array, so they keep the memory alive. No owner object
+is made per array, and numpy's get_handler_name(arr) says "pyarena".
 
 The common calls (zeros(n), zeros(n, dtype), zeros((a, b), dtype)) avoid
-Python-level argument handling: dtype arguments map to cached descriptors
-by a dict lookup, int and tuple shapes are read with the C API, and the
-only objects made per call are the Block and the array.
+Python-level argument handling: the last dtype argument is remembered with
+its descriptor facts (identity test), other types and strings map to cached
+descriptors by a dict lookup, and int and tuple shapes are read with the C
+API. The only object made per call is the array.
 """
 
 cimport cython
@@ -73,7 +76,7 @@ cdef object _normalise(object dtype):
 # needs of it: most code asks for the same dtype over and over, and an
 # identity test is far cheaper than a dict lookup (which in 3.11 also saves
 # and restores the error state) or NumPy 2's descriptor accessors.
-cdef object _lastKey = None
+cdef object _lastKey = object()     # matches no dtype argument
 cdef object _lastDescr = None
 cdef Py_ssize_t _lastItemsize = 0
 cdef size_t _lastAlign = ARRAY_ALIGN

@@ -1,0 +1,15 @@
+"""asv benchmarks for pyarena.
+
+Every benchmark imports the ``pyarena`` installed in the interpreter asv
+runs (with ``asv run --python=same``, the current one), never the source
+tree. Suites:
+
+bench_zeros
+    ``pyarena.zeros`` / ``pyarena.empty`` against ``numpy.zeros`` /
+    ``numpy.empty``, allocate-and-drop and allocate-touch-drop, 8 B to 64 MiB.
+bench_alloc
+    Raw blocks: ``pyarena.alloc`` against ``bytearray``.
+bench_churn
+    A fixed stream of 10,000 mixed-size arrays with a bounded live set:
+    time, peak memory, and the heap's statistics afterwards.
+"""
