@@ -29,6 +29,7 @@ cdef class Heap:
     cdef bint _ownsEmpty(self, object obj)
     cdef object _stats(self)
     cdef object _array(self, object shape, object dtype, object order, bint zero)
+    cdef object _arrayIn(self, object shape, object dtype, bint fortran, object perm, bint zero)
     cdef object _like(self, object a, object dtype, object order, object shape, bint zero)
 
 cdef class Block:

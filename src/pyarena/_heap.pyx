@@ -31,7 +31,7 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
                              TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
                              pyarena_class_to_size, ADDR_BITS)
-from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
+from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll, newSerial
 from pyarena._mcache cimport allocmcache, freemcache
 from pyarena._msize cimport alignedClass
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
@@ -41,6 +41,7 @@ from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbyt
                                expandSubarray, PyDataMem_Handler, arrayHandler)
 from pyarena._mstats import MemStats, SizeClassStats
 import _thread
+import operator
 import numpy as np
 
 cdef extern from "Python.h":
@@ -223,6 +224,10 @@ cdef class Heap:
         if h == NULL:
             return
         self._tls = None
+        # Other threads' lookup tables may still map the old serial to the
+        # caches just freed: a new serial makes those entries dead. Arrays
+        # that outlive this object allocate through h.orphan instead.
+        h.serial = newSerial()
         h.owner = NULL
         self.h = NULL
         self._capsule = None
@@ -353,9 +358,17 @@ cdef class Heap:
     # -- the NumPy face ----------------------------------------------------
 
     cdef object _array(self, object shape, object dtype, object order, bint zero):
+        return self._arrayIn(shape, dtype, parseOrder(order), None, zero)
+
+    cdef object _arrayIn(self, object shape, object dtype, bint fortran, object perm, bint zero):
+        """A new array owning heap memory. perm, when given, is the memory
+        order of the axes, outermost first (order='K' of the *_like
+        functions); otherwise C or Fortran order."""
         cdef npy_intp dims[MAXDIMS]
-        cdef int nd, cls
-        cdef Py_ssize_t nbytes, itemsize
+        cdef npy_intp strides[MAXDIMS]
+        cdef npy_intp* stridesp = NULL
+        cdef int nd, cls, k, ax
+        cdef Py_ssize_t nbytes, itemsize, stride
         cdef size_t align
         cdef bint hassub
         cdef uintptr_t p
@@ -365,8 +378,16 @@ cdef class Heap:
             descr = expandSubarray(descr, &nd, dims)
             itemsize = descrItemsize(descr)
             align = descrAlignment(descr)
-        fortran = parseOrder(order)
         nbytes = arrayNbytes(nd, dims, itemsize)
+        if perm is not None:
+            # Sub-array dimensions, appended by expandSubarray, stay innermost.
+            order = list(perm) + list(range(len(perm), nd))
+            stride = itemsize
+            for k in range(nd - 1, -1, -1):
+                ax = order[k]
+                strides[ax] = stride
+                stride *= dims[ax] if dims[ax] else 1
+            stridesp = strides
         if self._closed:
             raise ValueError("allocation from a closed heap")
         if self._capsule is None:
@@ -377,7 +398,7 @@ cdef class Heap:
             p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
             if p == 0:
                 raise allocFailed(nd, dims, descr, nbytes)
-        return wrapOwned(descr, nd, dims, <void*>p, fortran, self._capsule, self.h)
+        return wrapOwned(descr, nd, dims, stridesp, <void*>p, fortran, self._capsule)
 
     cdef object _makeCapsule(self):
         """This heap as a NumPy data-memory handler (NEP 49), in a capsule
@@ -455,29 +476,30 @@ cdef class Heap:
             a = np.asanyarray(a)
         if dtype is None:
             dtype = a.dtype
+        if isinstance(order, str) and len(order) == 1:
+            order = order.upper()
         if order not in ("C", "F", "A", "K", None):
             raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
         if shape is None:
             shape = a.shape
             same = True
         else:
-            shape = (shape,) if hasattr(shape, "__index__") else tuple(shape)
+            try:
+                shape = (operator.index(shape),)
+            except TypeError:
+                shape = tuple(shape)
             same = len(shape) == a.ndim
-        if order in ("C", None) or (order in ("A", "K") and not same):
-            return self._array(shape, dtype, "C", zero)
-        if order == "F":
-            return self._array(shape, dtype, "F", zero)
         fortran = a.flags.f_contiguous and not a.flags.c_contiguous
+        if order in ("C", None) or (order == "K" and not same):
+            return self._arrayIn(shape, dtype, False, None, zero)
+        if order == "F":
+            return self._arrayIn(shape, dtype, True, None, zero)
         if order == "A" or a.flags.c_contiguous or fortran:
-            return self._array(shape, dtype, "F" if fortran else "C", zero)
+            return self._arrayIn(shape, dtype, fortran, None, zero)
         # 'K' for a non-contiguous array: keep its axes' memory order, as
-        # NumPy does, by allocating in that order and transposing back.
+        # NumPy does (largest stride outermost, ties in axis order).
         perm = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
-        out = self._array(tuple([shape[i] for i in perm]), dtype, "C", zero)
-        inverse = [0] * a.ndim
-        for k, i in enumerate(perm):
-            inverse[i] = k
-        return out.transpose(inverse)
+        return self._arrayIn(shape, dtype, False, perm, zero)
 
     def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """An array of zeros with the shape and type of ``a``
@@ -543,7 +565,7 @@ cdef class Heap:
         if isinstance(obj, np.ndarray):
             # Through the array interface: the buffer protocol refuses some
             # dtypes (datetime64).
-            if obj.size == 0:
+            if obj.nbytes == 0:
                 return self._ownsEmpty(obj)
             iface = obj.__array_interface__
             lo = hi = <uintptr_t>iface["data"][0]

@@ -1,12 +1,13 @@
 # The page heap and the address space (Go: mheap.go, heapArena in malloc.go).
 # See _mheap.pyx.
 
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
 from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PAGE_SIZE,
                              LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
                              ADDR_BITS, PAGES_PER_ARENA)
 
 cdef mheap* mheap_new() noexcept nogil
+cdef uint64_t newSerial() noexcept nogil
 cdef void mheap_destroy(mheap* h) noexcept nogil
 cdef void mheap_unref(mheap* h) noexcept nogil
 cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil

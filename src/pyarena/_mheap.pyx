@@ -55,15 +55,20 @@ cdef enum:
 cdef uint64_t _nextSerial = 1
 
 
+cdef uint64_t newSerial() noexcept nogil:
+    """A serial number no heap has had (GIL held)."""
+    global _nextSerial
+    _nextSerial += 1
+    return _nextSerial - 1
+
+
 cdef mheap* mheap_new() noexcept nogil:
     """A new, empty heap (Go: mheap.init), or NULL without memory."""
-    global _nextSerial
     cdef mheap* h = <mheap*>sysAllocOS(sizeof(mheap))
     cdef int i
     if h == NULL:
         return NULL
-    h.serial = _nextSerial
-    _nextSerial += 1
+    h.serial = newSerial()
     h.refs = 1
     fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
     fixinit(&h.cachealloc, sizeof(mcache), &h.persistent)

@@ -129,6 +129,8 @@ cdef object _descrOf(object dtype):
 cdef inline int _dim(object x, npy_intp* out) except -1:
     """One dimension: an int (or an object with __index__), >= 0."""
     cdef Py_ssize_t v
+    if isinstance(x, bool):
+        raise TypeError("an integer is required")
     if not PyLong_Check(x):
         try:
             x = operator.index(x)
@@ -149,11 +151,17 @@ cdef int parseShapeSlow(object shape, npy_intp* dims) except -1:
     """Read an int or a sequence of ints into dims; return the number of
     dimensions. NumPy's errors and messages."""
     cdef Py_ssize_t n, i
+    if isinstance(shape, bool):
+        raise TypeError(f"expected a sequence of integers or a single integer, got '{shape!r}'")
     if PyLong_Check(shape):
         _dim(shape, dims)
         return 1
     if not PyTuple_Check(shape):
-        if hasattr(shape, "__index__"):
+        try:
+            shape = operator.index(shape)    # NumPy integers, 0-d arrays
+        except TypeError:
+            pass
+        else:
             _dim(shape, dims)
             return 1
         try:
@@ -172,20 +180,20 @@ cdef int parseShapeSlow(object shape, npy_intp* dims) except -1:
 
 cdef Py_ssize_t arrayNbytes(int nd, npy_intp* dims, Py_ssize_t itemsize) except -1:
     """Bytes of an array, refusing sizes that overflow as NumPy does."""
-    cdef Py_ssize_t n = itemsize
+    # As NumPy: the product of the non-zero dimensions (and the itemsize)
+    # must fit even when another dimension makes the array empty.
+    cdef Py_ssize_t n = itemsize if itemsize else 1
     cdef int i
     cdef bint zero = itemsize == 0
     for i in range(nd):
         if dims[i] == 0:
             zero = True
-    if zero:
-        return 0
-    for i in range(nd):
-        if n > (<Py_ssize_t>0x7fffffffffffffff) // dims[i]:
+        elif n > (<Py_ssize_t>0x7fffffffffffffff) // dims[i]:
             raise ValueError("array is too big; `arr.size * arr.dtype.itemsize` "
                              "is larger than the maximum possible size.")
-        n *= dims[i]
-    return n
+        else:
+            n *= dims[i]
+    return 0 if zero else n
 
 
 cdef str _C = "C"
@@ -194,9 +202,9 @@ cdef str _F = "F"
 
 cdef int parseOrder(object order) except -1:
     """0 for C order, 1 for Fortran order."""
-    if order is None or order is _C or order == "C":
+    if order is None or order is _C or order == "C" or order == "c":
         return 0
-    if order is _F or order == "F":
+    if order is _F or order == "F" or order == "f":
         return 1
     raise ValueError(f"order must be one of 'C' or 'F' (got {order!r})")
 
@@ -270,21 +278,27 @@ cdef object arrayHandler(object arr):
     return None if h == NULL else <object>h
 
 
-cdef object wrapOwned(object descr, int nd, npy_intp* dims, void* data, bint fortran,
-                      object capsule, void* heap):
+cdef int propagate() except -1:
+    """Return to the caller with the error the C API set."""
+    return -1
+
+
+cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data,
+                      bint fortran, object capsule):
     """A writable ndarray that owns data, to be freed through capsule (the
-    heap's NEP 49 handler). On failure the data is freed here."""
+    heap's NEP 49 handler). strides NULL: C or Fortran order. On failure
+    the data is freed here and NumPy's error propagates."""
     cdef int flags = NPY_ARRAY_WRITEABLE
     cdef PyDataMem_Handler* handler
     if fortran:
         flags |= NPY_ARRAY_F_CONTIGUOUS
     Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
     cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
-                                              NULL, data, flags, NULL)
+                                              strides, data, flags, NULL)
     if arr == NULL:
         handler = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, b"mem_handler")
         handler.allocator.free(handler.allocator.ctx, data, 0)
-        raise MemoryError("cannot create the array object")
+        propagate()
     arrayOwn(arr, <PyObject*>capsule)
     cdef object result = <object>arr
     Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
@@ -299,5 +313,8 @@ cdef object allocFailed(int nd, npy_intp* dims, object descr, Py_ssize_t nbytes)
     while size >= 1024 and k < len(units) - 1:
         size /= 1024
         k += 1
-    return MemoryError(f"Unable to allocate {size:.3g} {units[k]} for an array with "
+    # NumPy's wording: three significant digits, whole bytes.
+    text = f"{nbytes} bytes" if k == 0 else \
+        f"{size:.{2 if size < 10 else 1 if size < 100 else 0}f} {units[k]}"
+    return MemoryError(f"Unable to allocate {text} for an array with "
                        f"shape {shape} and data type {descr}")
