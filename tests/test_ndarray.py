@@ -1301,9 +1301,11 @@ def test_short_lived_threads(heap):
 def _run_isolated(code: str):
     """Run code in a fresh interpreter (a crash must not take the test
     session down); return the CompletedProcess."""
+    # The directory holding the imported pyarena package first on the path:
+    # the installed one in CI, the in-place build in development.
     env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyarena.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
                           env=env, capture_output=True, text=True, timeout=60)
 
