@@ -1,27 +1,33 @@
-# The Python objects of pyarena. See _heap.pyx.
-from libc.stdint cimport uintptr_t
+# The Python objects of pyarena, and the C-level API on Heap. See _heap.pyx.
+# Other packages cimport Heap through pyarena/__init__.pxd.
+from libc.stdint cimport uint64_t, uintptr_t
+from pyarena._types cimport mheap, mcache
+
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
     pthread_t pthread_self()
-from pyarena._types cimport mheap, mcache
 
 cdef class Block
 cdef class Heap
 
-cdef class _CacheOwner:
-    cdef mcache* c
-
 cdef class Heap:
     cdef mheap* h
-    cdef object _tls
     cdef bint _closed
     cdef object _final
     cdef object _capsule
     cdef pthread_t _tid
     cdef mcache* _tcache
+    cdef uint64_t _epoch
+
+    # The C-level API: C's meanings, any thread, no GIL needed.
+    cdef void* malloc(self, size_t size) noexcept nogil
+    cdef void* calloc(self, size_t n, size_t size) noexcept nogil
+    cdef void* realloc(self, void* p, size_t size) noexcept nogil
+    cdef void free(self, void* p) noexcept nogil
+    cdef size_t usable_size(self, void* p) noexcept nogil
+
     cdef void _destroy(self)
     cdef mcache* _cache(self) except NULL
-    cdef mcache* _cacheSlow(self) except NULL
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0

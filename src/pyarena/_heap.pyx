@@ -11,13 +11,15 @@ Block holds a reference to its Heap, so a heap's mappings outlive its
 blocks: close() stops allocation, and the memory is unmapped when the heap
 object itself dies, after the last block.
 
-Per-thread caches. Each thread that allocates from a heap gets an mcache.
-The fast lookup is a small direct-mapped table in C thread-local storage
-keyed by the heap's serial number (never reused, so an entry for a dead
-heap can never match). The slow path keeps an owner object in a
-threading.local of the heap: when the thread ends, or the heap dies,
-Python drops it, and its dealloc gives the cache's spans back. That runs
-with the GIL held, as every change to heap metadata here does.
+Per-thread caches come from _mcache.getmcache (a thread-local table keyed
+by the heap's serial). The Python entry points remember the last thread and
+its cache in the Heap object as well, a single compare; the heap's
+cacheEpoch, bumped whenever a cache is freed (a thread ended), tells when
+that memory is stale.
+
+The C-level API (malloc, calloc, realloc, free, usable_size: cdef methods,
+declared in __init__.pxd for cimport) runs without the GIL from any number
+of threads; see "Locking" in _types.pxd.
 """
 
 cimport cython
@@ -26,75 +28,28 @@ from cpython.buffer cimport PyBUF_RECORDS_RO
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, strncpy
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
-from cpython.pystate cimport PyGILState_STATE, PyGILState_Ensure, PyGILState_Release
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
                              TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
-                             pyarena_class_to_size, ADDR_BITS)
-from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll, newSerial
-from pyarena._mcache cimport allocmcache, freemcache
+                             pyarena_class_to_size, ADDR_BITS, pa_add64, pa_load64, pa_lock,
+                             pa_unlock)
+from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
+from pyarena._mcache cimport getmcache
 from pyarena._msize cimport alignedClass
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
-                              clearLarge, clearLargeNoSignals, liveObject, FREE_OK)
+                              clearLarge, clearLargeNogil, liveObject, FREE_OK,
+                              FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbytes, parseOrder,
                                wrapOwned, descrAlignment, descrItemsize, allocFailed,
                                expandSubarray, PyDataMem_Handler, arrayHandler)
 from pyarena._mstats import MemStats, SizeClassStats
-import _thread
 import operator
+import warnings
 import numpy as np
-
-cdef extern from "Python.h":
-    int PyGILState_Check() noexcept nogil
-
-cdef extern from *:
-    """
-    /* Per-thread cache lookup: heap serial -> mcache, direct-mapped. */
-    #define PYARENA_TLS_WAYS 4
-    static __thread unsigned long long pyarena_tls_serial[PYARENA_TLS_WAYS];
-    static __thread void *pyarena_tls_cache[PYARENA_TLS_WAYS];
-    static inline void *pyarena_tls_get(unsigned long long serial) {
-        unsigned int k = (unsigned int)(serial & (PYARENA_TLS_WAYS - 1));
-        return pyarena_tls_serial[k] == serial ? pyarena_tls_cache[k] : NULL;
-    }
-    static inline void pyarena_tls_set(unsigned long long serial, void *c) {
-        unsigned int k = (unsigned int)(serial & (PYARENA_TLS_WAYS - 1));
-        pyarena_tls_serial[k] = serial;
-        pyarena_tls_cache[k] = c;
-    }
-    static inline void pyarena_tls_forget(void *c) {
-        for (unsigned int k = 0; k < PYARENA_TLS_WAYS; k++)
-            if (pyarena_tls_cache[k] == c) {
-                pyarena_tls_serial[k] = 0;
-                pyarena_tls_cache[k] = 0;
-            }
-    }
-    """
-    void* tls_get "pyarena_tls_get"(unsigned long long serial) noexcept nogil
-    void tls_set "pyarena_tls_set"(unsigned long long serial, void* c) noexcept nogil
-    void tls_forget "pyarena_tls_forget"(void* c) noexcept nogil
-
 
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
 # request past it cannot be satisfied whatever the machine.
 cdef size_t MAX_ALLOC = (<size_t>1) << (ADDR_BITS - 1)
-
-
-@cython.final
-cdef class _CacheOwner:
-    """Holds one thread's mcache of one heap; its death returns the cache."""
-
-    def __dealloc__(self):
-        cdef Heap heap
-        if self.c != NULL:
-            tls_forget(self.c)
-            if self.c.heap.owner != NULL:
-                heap = <Heap>self.c.heap.owner
-                if heap._tcache == self.c:
-                    heap._tid = 0
-                    heap._tcache = NULL
-            freemcache(self.c)
-            self.c = NULL
 
 
 @cython.final
@@ -204,62 +159,91 @@ cdef class Heap:
         self.h = mheap_new()
         if self.h == NULL:
             raise MemoryError("cannot map memory for a new heap")
-        self.h.owner = <void*>self
-        self._tls = _thread._local()
         self._closed = False
         self._final = None
         self._capsule = None
         self._tid = 0
         self._tcache = NULL
+        self._epoch = 0
 
     def __dealloc__(self):
         self._destroy()
 
     cdef void _destroy(self):
-        """Let go of the mheap: drop every thread's cache (returning its
-        spans), the NumPy allocator capsule, and this object's reference.
-        Arrays that own heap memory hold the capsule and so keep the mheap
-        mapped until they die."""
+        """Let go of the mheap: drop the NumPy allocator capsule and this
+        object's reference. Arrays that own heap memory hold the capsule
+        and so keep the mheap mapped until they die; the per-thread caches
+        go with the mheap."""
         cdef mheap* h = self.h
         if h == NULL:
             return
-        self._tls = None
-        # Other threads' lookup tables may still map the old serial to the
-        # caches just freed: a new serial makes those entries dead. Arrays
-        # that outlive this object allocate through h.orphan instead.
-        h.serial = newSerial()
-        h.owner = NULL
         self.h = NULL
+        self._tcache = NULL
+        self._tid = 0
         self._capsule = None
         mheap_unref(h)
 
     cdef mcache* _cache(self) except NULL:
-        """The calling thread's mcache of this heap. The last thread to ask
-        is remembered in the object itself (one compare); other threads go
-        through the thread-local table, then the threading.local owner.
-        A thread id is reused only after its thread ended, and the ending
-        thread's owner forgets itself here first (_CacheOwner.__dealloc__)."""
+        """The calling thread's mcache of this heap (GIL held). The last
+        thread to ask is remembered in the object; a thread id is reused
+        only after its thread ended, which freed its cache and so moved the
+        heap's cacheEpoch on."""
         cdef pthread_t me = pthread_self()
         cdef mcache* c
-        if me == self._tid:
+        if me == self._tid and self._epoch == self.h.cacheEpoch:
             return self._tcache
-        c = <mcache*>tls_get(self.h.serial)
+        c = getmcache(self.h)
         if c == NULL:
-            c = self._cacheSlow()
+            raise MemoryError("cannot allocate a thread cache")
         self._tid = me
         self._tcache = c
+        self._epoch = self.h.cacheEpoch
         return c
 
-    cdef mcache* _cacheSlow(self) except NULL:
-        cdef _CacheOwner owner = getattr(self._tls, "owner", None)
-        if owner is None:
-            owner = _CacheOwner.__new__(_CacheOwner)
-            owner.c = allocmcache(self.h)
-            if owner.c == NULL:
-                raise MemoryError("cannot allocate a thread cache")
-            self._tls.owner = owner
-        tls_set(self.h.serial, owner.c)
-        return owner.c
+    # -- the C-level API (see __init__.pxd) ---------------------------------
+
+    cdef void* malloc(self, size_t size) noexcept nogil:
+        """size bytes, 16-aligned (C's malloc); NULL when memory cannot be
+        had or the heap is closed. malloc(0) returns the zero-size address,
+        which free accepts."""
+        cdef mheap* h = self.h
+        if h == NULL or self._closed:
+            return NULL
+        return <void*>heapMalloc(h, size, False)
+
+    cdef void* calloc(self, size_t n, size_t size) noexcept nogil:
+        """n * size zeroed bytes (C's calloc): NULL on overflow or without
+        memory. Memory known to be zero is not cleared again."""
+        cdef mheap* h = self.h
+        if h == NULL or self._closed:
+            return NULL
+        if size and n > (<size_t>-1) // size:
+            return NULL
+        return <void*>heapMalloc(h, n * size, True)
+
+    cdef void* realloc(self, void* p, size_t size) noexcept nogil:
+        """C's realloc: the contents up to the smaller size are kept;
+        realloc(NULL, n) is malloc(n). NULL (and p untouched) on failure or
+        on a closed heap."""
+        cdef mheap* h = self.h
+        if h == NULL or self._closed:
+            return NULL
+        return heapRealloc(h, p, size)
+
+    cdef void free(self, void* p) noexcept nogil:
+        """C's free: free(NULL) does nothing. A pointer this heap does not
+        hold live (freed twice, never from it, not an object's start) is
+        reported with a RuntimeWarning and counted in MemStats.invalid_frees,
+        and changes nothing."""
+        if self.h != NULL:
+            heapFree(self.h, p)
+
+    cdef size_t usable_size(self, void* p) noexcept nogil:
+        """Bytes usable at p (the slot's size from p on); 0 if p is not a
+        live allocation of this heap."""
+        if self.h == NULL or p == NULL:
+            return 0
+        return usableSize(self.h, <uintptr_t>p)
 
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero):
         cdef Block b = self._tryAlloc(nbytes, align, zero)
@@ -403,7 +387,7 @@ cdef class Heap:
     cdef object _makeCapsule(self):
         """This heap as a NumPy data-memory handler (NEP 49), in a capsule
         that holds a reference to the mheap."""
-        cap = newHandlerCapsule(self.h, True)
+        cap = newHandlerCapsule(self.h)
         self.h.refs += 1
         return cap
 
@@ -632,10 +616,13 @@ cdef class Heap:
         cdef uint64_t frees[NUM_SIZE_CLASSES]
         if h == NULL:
             return self._final
+        pa_lock(&h.lock)
         allocBytes = h.retiredAllocBytes
         for i in range(NUM_SIZE_CLASSES):
             mallocs[i] = h.retiredMalloc[i]
-            frees[i] = h.nfree[i]
+            frees[i] = pa_load64(&h.nfree[i])
+        # Other threads' counts are read as they are: exact when they are
+        # not allocating at this moment.
         c = h.caches
         while c != NULL:
             for i in range(NUM_SIZE_CLASSES):
@@ -645,11 +632,14 @@ cdef class Heap:
         for i in range(NUM_SIZE_CLASSES):
             m += mallocs[i]
             f += frees[i]
-        cdef uint64_t freed = h.freedBytes
+        cdef uint64_t freed = pa_load64(&h.freedBytes)
         cdef uint64_t mapped = h.pagesMapped, inuse = h.pagesInUse
         cdef uint64_t released = h.pagesReleased
         cdef uint64_t meta = h.persistent.sys + sizeof(mheap)
-        cdef uint64_t chunks = h.persistent.nchunks, sweeps = h.nsweeps
+        cdef uint64_t chunks = h.persistent.nchunks
+        pa_unlock(&h.lock)
+        cdef uint64_t sweeps = pa_load64(&h.nsweeps)
+        cdef uint64_t invalid = pa_load64(&h.invalidFrees)
         by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
                          for i in range(NUM_SIZE_CLASSES)])
         return MemStats(
@@ -665,6 +655,7 @@ cdef class Heap:
             metadata_sys=meta,
             persistent_chunks=chunks,
             sweeps=sweeps,
+            invalid_frees=invalid,
             by_size=by_size,
         )
 
@@ -731,37 +722,21 @@ cdef class Heap:
 # data through handlerFree when the array dies: no owner object per array.
 # NumPy may also allocate through the handler (ndarray.resize, and every
 # array once the handler is installed as NumPy's current one). The
-# callbacks take the GIL if the caller does not hold it: heap metadata is
-# guarded by the GIL.
+# callbacks need no GIL: heap metadata has its own locks.
 
-cdef mcache* cacheOf(mheap* h) except NULL:
-    """The calling thread's cache of h (GIL held)."""
-    cdef mcache* c = <mcache*>tls_get(h.serial)
-    if c != NULL:
-        return c
-    if h.owner != NULL:
-        return (<Heap>h.owner)._cache()
-    # The Heap object is gone; arrays made from it live on.
-    if h.orphan == NULL:
-        h.orphan = allocmcache(h)
-        if h.orphan == NULL:
-            raise MemoryError("cannot allocate a thread cache")
-    return h.orphan
-
-
-cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept with gil:
-    """Memory for NumPy: at least 1 byte, 16-aligned, or 0. Takes the GIL
-    (a no-op counter bump when the caller holds it already)."""
+cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
+    """At least size bytes, 16-aligned, zeroed if asked; 0 without memory;
+    the zero-size address for 0. Any thread, no GIL needed."""
     cdef mcache* c
-    cdef uintptr_t p
     cdef mspan* s
     cdef int cls
-    try:
-        c = cacheOf(h)
-    except MemoryError:
-        return 0
     if size < TINY_SIZE:
+        if size == 0:
+            return zerobaseAddr()
         size = TINY_SIZE
+    c = getmcache(h)
+    if c == NULL:
+        return 0
     if size <= MAX_SMALL_SIZE:
         cls = alignedClass(size, 16)
         if cls != 0:
@@ -772,69 +747,79 @@ cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept with gil:
     if s == NULL:
         return 0
     if zero:
-        clearLargeNoSignals(h, s, size)
+        clearLargeNogil(h, s, size)
     return s.startAddr
 
 
-cdef size_t usableSize(mheap* h, uintptr_t p) noexcept:
+cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
     cdef uintptr_t start, size
-    if liveObject(h, p, &start, &size) == NULL:
+    if p == zerobaseAddr() or liveObject(h, p, &start, &size) == NULL:
         return 0
     return start + size - p
 
 
-cdef void* handlerMalloc(void* ctx, size_t size) noexcept nogil:
-    return <void*>heapMalloc(<mheap*>ctx, size, False)
-
-
-cdef void* handlerCalloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
-    if elsize and nelem > (<size_t>-1) // elsize:
-        return NULL
-    return <void*>heapMalloc(<mheap*>ctx, nelem * elsize, True)
-
-
-cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept with gil:
+cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     cdef size_t old
     cdef void* q
     if p == NULL or <uintptr_t>p == zerobaseAddr():
         return <void*>heapMalloc(h, size, False)
     old = usableSize(h, <uintptr_t>p)
     if old == 0:
-        return NULL        # not ours: refuse rather than corrupt
+        reportInvalidFree(h, p, FREE_NOT_ALLOCATED)
+        return NULL        # not a live allocation of ours: refuse
     if size <= old and size > old // 2:
         return p
     q = <void*>heapMalloc(h, size, False)
     if q == NULL:
         return NULL
     memcpy(q, p, old if old < size else size)
-    freeObject(h, <uintptr_t>p, False)
+    heapFree(h, p)
     return q
 
 
+cdef void heapFree(mheap* h, void* p) noexcept nogil:
+    cdef int r
+    if p == NULL or <uintptr_t>p == zerobaseAddr():
+        return
+    r = freeObject(h, <uintptr_t>p, False)
+    if r != FREE_OK:
+        reportInvalidFree(h, p, r)
+
+
+cdef void reportInvalidFree(mheap* h, void* p, int why) noexcept nogil:
+    """Count a bad free and warn (RuntimeWarning) rather than corrupt."""
+    pa_add64(&h.invalidFrees, 1)
+    with gil:
+        what = {FREE_NOT_IN_HEAP: "not in this heap",
+                FREE_NOT_OBJECT_START: "not the start of an allocation",
+                FREE_NOT_ALLOCATED: "not allocated (freed twice?)"}.get(why, "invalid")
+        try:
+            warnings.warn(f"pyarena: free of {<uintptr_t>p:#x} ignored: {what}",
+                          RuntimeWarning, stacklevel=2)
+        except BaseException:
+            pass
+
+
+# NumPy's callbacks: ctx is the mheap (the capsule holds a reference).
+
+cdef void* handlerMalloc(void* ctx, size_t size) noexcept nogil:
+    return <void*>heapMalloc(<mheap*>ctx, size if size else 1, False)
+
+
+cdef void* handlerCalloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
+    if elsize and nelem > (<size_t>-1) // elsize:
+        return NULL
+    return <void*>heapMalloc(<mheap*>ctx, nelem * elsize if nelem * elsize else 1, True)
+
+
 cdef void* handlerRealloc(void* ctx, void* p, size_t size) noexcept nogil:
-    return heapRealloc(<mheap*>ctx, p, size)
+    return heapRealloc(<mheap*>ctx, p, size if size else 1)
 
 
 cdef void handlerFree(void* ctx, void* p, size_t size) noexcept nogil:
     # NumPy's size is not trusted (it can differ from what was asked):
-    # spanOf finds the object from the address alone. Array deallocation
-    # holds the GIL, so the common case takes no GIL call at all.
-    if p == NULL or <uintptr_t>p == zerobaseAddr():
-        return
-    if PyGILState_Check():
-        freeObject(<mheap*>ctx, <uintptr_t>p, False)
-    else:
-        with gil:
-            freeObject(<mheap*>ctx, <uintptr_t>p, False)
-
-
-cdef void handlerFreeHeld(void* ctx, void* p, size_t size) noexcept nogil:
-    # handlerFree for the arrays Heap.zeros and friends make: NumPy frees an
-    # array's own data only where it holds the GIL (array_dealloc, resize,
-    # __setstate__), so this one skips the check.
-    if p == NULL or <uintptr_t>p == zerobaseAddr():
-        return
-    freeObject(<mheap*>ctx, <uintptr_t>p, False)
+    # spanOf finds the object from the address alone.
+    heapFree(<mheap*>ctx, p)
 
 
 cdef void handlerCapsuleDestructor(object cap) noexcept:
@@ -845,9 +830,8 @@ cdef void handlerCapsuleDestructor(object cap) noexcept:
     PyMem_RawFree(handler)
 
 
-cdef object newHandlerCapsule(mheap* h, bint ownArrays):
-    """A PyDataMem_Handler capsule for h. ownArrays: for arrays this heap
-    makes itself, whose frees always hold the GIL."""
+cdef object newHandlerCapsule(mheap* h):
+    """A PyDataMem_Handler capsule for h."""
     cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyMem_RawCalloc(1, sizeof(PyDataMem_Handler))
     if handler == NULL:
         raise MemoryError("cannot allocate a NumPy memory handler")
@@ -857,7 +841,7 @@ cdef object newHandlerCapsule(mheap* h, bint ownArrays):
     handler.allocator.malloc = handlerMalloc
     handler.allocator.calloc = handlerCalloc
     handler.allocator.realloc = handlerRealloc
-    handler.allocator.free = handlerFreeHeld if ownArrays else handlerFree
+    handler.allocator.free = handlerFree
     try:
         return PyCapsule_New(handler, b"mem_handler",
                              <PyCapsule_Destructor>handlerCapsuleDestructor)

@@ -57,11 +57,10 @@ allocations all return one address, zerobase.
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
-from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS,
+from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
-from pyarena._mfixalloc cimport fixalloc_alloc
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
-from pyarena._mcache cimport nextFree, releaseTiny
+from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
 from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
 
@@ -101,7 +100,7 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
     if off + size <= TINY_SIZE and c.tiny != 0:
         x = c.tiny + off
         c.tinyoffset = off + size
-        c.tinyspan.tinyRefs[objIndex(c.tinyspan, c.tiny)] += 1
+        pa_addu8(&c.tinyspan.tinyRefs[objIndex(c.tinyspan, c.tiny)], 1)
         c.nmalloc[TINY_SIZE_CLASS] += 1
         return x
     # A new block.
@@ -113,7 +112,7 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
             return 0
         s = c.alloc[TINY_SIZE_CLASS]
     if s.tinyRefs == NULL:
-        s.tinyRefs = <unsigned char*>fixalloc_alloc(&c.heap.tinyrefalloc)
+        s.tinyRefs = <unsigned char*>allocTinyRefs(c.heap)
         if s.tinyRefs == NULL:
             # Give the slot back unused.
             freeSlot(c.heap, s, <unsigned int>objIndex(s, x))
@@ -121,16 +120,19 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
     idx = <unsigned int>objIndex(s, x)
     if s.needzero or idx < s.freshindex:
         memset(<void*>x, 0, TINY_SIZE)
-    s.tinyRefs[idx] = 1
     c.nmalloc[TINY_SIZE_CLASS] += 1
     c.allocBytes += TINY_SIZE
     if size < c.tinyoffset or c.tiny == 0:
-        # The new block has more room left than the old one: keep it.
+        # The new block has more room left than the old one: keep it. Its
+        # count (1 for the value, 1 for the cache) is published before the
+        # value can reach another thread.
         releaseTiny(c)
+        pa_addu8(&s.tinyRefs[idx], 2)
         c.tiny = x
         c.tinyoffset = size
         c.tinyspan = s
-        s.tinyRefs[idx] += 1
+    else:
+        pa_addu8(&s.tinyRefs[idx], 1)
     return x
 
 
@@ -155,7 +157,7 @@ cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size)
     if s == NULL:
         return NULL
     if s.sizeclass == 0:
-        if s.allocCount != 1:
+        if s.allocCount != 1 or isFreed(s, 0):
             return NULL
         start[0] = s.startAddr
         size[0] = s.elemsize
@@ -219,9 +221,9 @@ cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
     return 0
 
 
-cdef void clearLargeNoSignals(mheap* h, mspan* s, size_t nbytes) noexcept:
-    """clearLarge for callers that cannot raise (NumPy's calloc): the dirty
-    pages are cleared with the GIL released, with no look at signals."""
+cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil:
+    """clearLarge for callers without the GIL (the C API, NumPy's calloc):
+    the dirty pages are cleared with no look at signals."""
     cdef uintptr_t end = s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
     cdef uintptr_t a = s.startAddr
     cdef uintptr_t b
@@ -232,9 +234,5 @@ cdef void clearLargeNoSignals(mheap* h, mspan* s, size_t nbytes) noexcept:
         if a >= end:
             break
         b = nextCleanPage(h, a, end)
-        if b - a <= CLEAR_CHUNK * CLEAR_GIL_CHUNKS:
-            memset(<void*>a, 0, b - a)
-        else:
-            with nogil:
-                memset(<void*>a, 0, b - a)
+        memset(<void*>a, 0, b - a)
         a = b

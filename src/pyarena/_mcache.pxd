@@ -2,9 +2,9 @@
 from libc.stdint cimport uintptr_t
 from pyarena._types cimport mheap, mcache, mspan
 
-cdef mcache* allocmcache(mheap* h) noexcept nogil
-cdef void freemcache(mcache* c) noexcept nogil
+cdef mcache* getmcache(mheap* h) noexcept nogil
 cdef void releaseAll(mcache* c) noexcept nogil
 cdef void releaseTiny(mcache* c) noexcept nogil
 cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil
 cdef uintptr_t nextFree(mcache* c, int sizeclass) noexcept nogil
+cdef void* allocTinyRefs(mheap* h) noexcept nogil

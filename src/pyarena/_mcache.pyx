@@ -1,26 +1,67 @@
 # cython: language_level=3
 """Per-thread caches (Go: mcache.go). See _malloc.pyx for an overview.
 
-Go gives each P an mcache; with the GIL a Python process has one P at a
-time, but pyarena still keeps one cache per thread and heap so that the fast
-path never shares state, and so that dropping the GIL later (free-threaded
-Python, the nogil C API) does not change the design. An mcache holds, per
-size class, the span it allocates from, plus the current tiny block. Only
-its own thread touches it, so allocation from it takes no lock.
+Go gives each P an mcache. pyarena gives each thread one per heap it
+allocates from, found through a small direct-mapped table in thread-local
+storage keyed by the heap's serial number (never reused, so an entry of a
+dead heap can never match). The cache holds, per size class, the span it
+allocates from, and the current tiny block. Only its own thread touches
+it, so allocation from it takes no lock, with or without the GIL.
 
-When a cached span has no free slot left, refill first sweeps it in place if
-slots in it were freed meanwhile (cheap: at most 16 words), and otherwise
-hands it back to mcentral and takes another. When the thread ends (or the
-heap is destroyed) releaseAll returns every span and the tiny block, and the
-cache's counts are folded into the heap's.
+When a cached span has no free slot left, refill first sweeps it in place
+if slots in it were freed meanwhile (by any thread), and otherwise hands it
+back to mcentral and takes another.
+
+A thread may end without ever holding the GIL (an OpenMP worker of a
+prange). Its caches are listed in thread-local storage and a pthread key
+destructor hands them back when the thread exits, for each heap that still
+exists: the registry of live heaps (_mheap.pyx) says which do. A heap that
+died took its caches with it.
 """
 
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdlib cimport malloc as c_malloc, free as c_free
 from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES,
-                             TINY_SIZE_CLASS)
+                             TINY_SIZE_CLASS, pa_lock, pa_unlock, pa_add64, pa_addu8,
+                             pa_load32)
 from pyarena._mfixalloc cimport fixalloc_alloc, fixalloc_free
 from pyarena._mspan cimport nextFreeIndex, sweep, objIndex
 from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot
+from pyarena._mheap cimport registryLock, registryUnlock, registryFind
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned int pthread_key_t
+    int pthread_key_create(pthread_key_t* key, void (*destructor)(void*) noexcept nogil)
+    int pthread_setspecific(pthread_key_t key, const void* value)
+
+cdef extern from *:
+    """
+    /* This thread's caches: a direct-mapped lookup table, and the list of
+       all of them for the thread-exit destructor. initial-exec TLS: a load
+       relative to the thread pointer, no __tls_get_addr call. */
+    #define PYARENA_TLS_WAYS 8
+    typedef struct pyarena_tcnode {
+        struct pyarena_tcnode *next;
+        unsigned long long serial;
+        void *heap;
+        void *cache;
+    } pyarena_tcnode;
+    static __thread __attribute__((tls_model("initial-exec")))
+        unsigned long long pyarena_tls_serial[PYARENA_TLS_WAYS];
+    static __thread __attribute__((tls_model("initial-exec")))
+        void *pyarena_tls_cache[PYARENA_TLS_WAYS];
+    static __thread __attribute__((tls_model("initial-exec")))
+        pyarena_tcnode *pyarena_tls_nodes;
+    """
+    enum: PYARENA_TLS_WAYS
+    ctypedef struct pyarena_tcnode:
+        pyarena_tcnode* next
+        unsigned long long serial
+        void* heap
+        void* cache
+    unsigned long long tls_serial "pyarena_tls_serial"[8]
+    void* tls_cache "pyarena_tls_cache"[8]
+    pyarena_tcnode* tls_nodes "pyarena_tls_nodes"
 
 
 # The span every empty cache entry points at (Go: emptymspan): no slots, so
@@ -28,22 +69,34 @@ from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot
 # the fast path. Its state is mSpanDead, which refill uses to recognise it.
 cdef mspan emptymspan
 
+cdef pthread_key_t _exitKey
+
 
 cdef mcache* allocmcache(mheap* h) noexcept nogil:
     """A new cache of h linked into h.caches, or NULL without memory."""
-    cdef mcache* c = <mcache*>fixalloc_alloc(&h.cachealloc)
+    cdef mcache* c
     cdef int i
-    if c == NULL:
-        return NULL
-    c.heap = h
-    for i in range(NUM_SIZE_CLASSES):
-        c.alloc[i] = &emptymspan
-    c.next = h.caches
-    c.prev = NULL
-    if h.caches != NULL:
-        h.caches.prev = c
-    h.caches = c
+    pa_lock(&h.lock)
+    c = <mcache*>fixalloc_alloc(&h.cachealloc)
+    if c != NULL:
+        c.heap = h
+        for i in range(NUM_SIZE_CLASSES):
+            c.alloc[i] = &emptymspan
+        c.next = h.caches
+        c.prev = NULL
+        if h.caches != NULL:
+            h.caches.prev = c
+        h.caches = c
+    pa_unlock(&h.lock)
     return c
+
+
+cdef void* allocTinyRefs(mheap* h) noexcept nogil:
+    cdef void* p
+    pa_lock(&h.lock)
+    p = fixalloc_alloc(&h.tinyrefalloc)
+    pa_unlock(&h.lock)
+    return p
 
 
 cdef void releaseTiny(mcache* c) noexcept nogil:
@@ -53,12 +106,11 @@ cdef void releaseTiny(mcache* c) noexcept nogil:
     if c.tiny == 0:
         return
     idx = <unsigned int>objIndex(s, c.tiny)
-    s.tinyRefs[idx] -= 1
     c.tiny = 0
     c.tinyoffset = 0
     c.tinyspan = NULL
-    if s.tinyRefs[idx] == 0:
-        c.heap.freedBytes += s.elemsize
+    if pa_addu8(&s.tinyRefs[idx], -1) == 0:
+        pa_add64(&c.heap.freedBytes, s.elemsize)
         freeSlot(c.heap, s, idx)
 
 
@@ -81,6 +133,7 @@ cdef void freemcache(mcache* c) noexcept nogil:
     cdef mheap* h = c.heap
     cdef int i
     releaseAll(c)
+    pa_lock(&h.lock)
     for i in range(NUM_SIZE_CLASSES):
         h.retiredMalloc[i] += c.nmalloc[i]
     h.retiredAllocBytes += c.allocBytes
@@ -91,6 +144,89 @@ cdef void freemcache(mcache* c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     fixalloc_free(&h.cachealloc, c)
+    h.cacheEpoch += 1
+    pa_unlock(&h.lock)
+
+
+cdef void threadExit(void* unused) noexcept nogil:
+    """pthread key destructor: this thread is ending. Give back its caches
+    of heaps that still exist; forget the rest."""
+    global tls_nodes
+    cdef pyarena_tcnode* n = tls_nodes
+    cdef pyarena_tcnode* nxt
+    cdef mheap* h
+    cdef int k
+    tls_nodes = NULL
+    for k in range(PYARENA_TLS_WAYS):
+        tls_serial[k] = 0
+        tls_cache[k] = NULL
+    while n != NULL:
+        nxt = n.next
+        registryLock()
+        h = registryFind(n.serial)
+        if h != NULL and <void*>h == n.heap:
+            freemcache(<mcache*>n.cache)
+        registryUnlock()
+        c_free(n)
+        n = nxt
+
+
+cdef mcache* getmcacheSlow(mheap* h) noexcept nogil:
+    global tls_nodes
+    cdef pyarena_tcnode* n = tls_nodes
+    cdef mcache* c = NULL
+    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
+    # Evicted from the table, or new. Prune nodes of dead heaps on the way
+    # (a heap's serial is in the registry while it lives).
+    while n != NULL:
+        if n.serial == h.serial:
+            c = <mcache*>n.cache
+            break
+        n = n.next
+    if c == NULL:
+        c = allocmcache(h)
+        if c == NULL:
+            return NULL
+        n = <pyarena_tcnode*>c_malloc(sizeof(pyarena_tcnode))
+        if n == NULL:
+            freemcache(c)
+            return NULL
+        n.serial = h.serial
+        n.heap = h
+        n.cache = c
+        n.next = tls_nodes
+        if tls_nodes == NULL:
+            pthread_setspecific(_exitKey, <void*>1)
+        tls_nodes = n
+        pruneDead()
+    tls_serial[k] = h.serial
+    tls_cache[k] = c
+    return c
+
+
+cdef void pruneDead() noexcept nogil:
+    """Drop this thread's nodes for heaps that no longer exist."""
+    cdef pyarena_tcnode** link = &tls_nodes
+    cdef pyarena_tcnode* n
+    registryLock()
+    n = link[0]
+    while n != NULL:
+        if registryFind(n.serial) == NULL:
+            link[0] = n.next
+            c_free(n)
+        else:
+            link = &n.next
+        n = link[0]
+    registryUnlock()
+
+
+cdef mcache* getmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h, made on first use; NULL without
+    memory. Any thread, GIL or not."""
+    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
+    if tls_serial[k] == h.serial:
+        return <mcache*>tls_cache[k]
+    return getmcacheSlow(h)
 
 
 cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
@@ -98,9 +234,9 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     memory for one (Go: mcache.refill)."""
     cdef mspan* s = c.alloc[sizeclass]
     if s.state != mSpanDead:
-        if s.nfreed:
+        if pa_load32(&s.nfreed):
             sweep(s)
-            c.heap.nsweeps += 1
+            pa_add64(&c.heap.nsweeps, 1)
             if s.allocCount < s.nelems:
                 return s
         uncacheSpan(c.heap, s)
@@ -125,3 +261,6 @@ cdef uintptr_t nextFree(mcache* c, int sizeclass) noexcept nogil:
         idx = nextFreeIndex(s)
     s.allocCount += 1
     return s.startAddr + <uintptr_t>idx * s.elemsize
+
+
+pthread_key_create(&_exitKey, threadExit)

@@ -1,16 +1,27 @@
 # Central span lists, one per size class (Go: mcentral.go). See _mcentral.pyx.
-from pyarena._types cimport mheap, mspan
+from pyarena._types cimport mheap, mspan, pa_or64, pa_add32, pa_load8
 
 cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil
 cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil
-cdef void freedUncached(mheap* h, mspan* s) noexcept nogil
+cdef void freedUncached(mheap* h, mspan* s, int sizeclass) noexcept nogil
 
 
-cdef inline void freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
-    """Record slot idx of small span s as free: its last Python reference
-    died. The caller has checked that the slot is allocated and not yet
-    freed. The slot becomes allocatable at the span's next sweep."""
-    s.freeBits[idx >> 6] |= (<unsigned long long>1) << (idx & 63)
-    s.nfreed += 1
-    if not s.incache:
-        freedUncached(h, s)
+cdef inline bint freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
+    """Record slot idx of small span s as free (its last reference died);
+    any thread may call it. False when the slot was freed already (a
+    double free), which changes nothing. The slot becomes allocatable at
+    the span's next sweep.
+
+    The bit is set before nfreed counts it, so a span is never seen empty
+    (allocCount == nfreed) while a free into it is still in flight; and
+    nfreed is counted before incache is read, while a cache giving the span
+    back clears incache before reading nfreed, so at least one of the two
+    sees the other and the span lands on the right list."""
+    cdef unsigned long long bit = (<unsigned long long>1) << (idx & 63)
+    cdef int sizeclass = s.sizeclass
+    if pa_or64(&s.freeBits[idx >> 6], bit) & bit:
+        return False
+    pa_add32(&s.nfreed, 1)
+    if not pa_load8(&s.incache):
+        freedUncached(h, s, sizeclass)
+    return True

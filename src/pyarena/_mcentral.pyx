@@ -8,15 +8,19 @@ mcache, sweeping it first so that its freed slots are allocatable, and
 takes a fresh span from the page heap when partial is empty. uncacheSpan
 takes a span back from an mcache.
 
-Frees arrive one slot at a time (freeSlot). For a span no cache holds they
-move it from full to partial on its first freed slot, and give its pages
-back to the page heap when its last live slot dies, so that a class whose
-objects all died does not keep memory that other sizes could use. Go gets
-the same effect from sweeping every span once per GC cycle.
+Frees arrive one slot at a time (freeSlot, from any thread). For a span no
+cache holds they move it from full to partial on its first freed slot, and
+give its pages back to the page heap when its last live slot dies, so that
+a class whose objects all died does not keep memory that other sizes could
+use. Go gets the same effect from sweeping every span once per GC cycle.
+
+Every function here takes the class's lock (see "Locking" in _types.pxd).
 """
 
-from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull,
-                             pyarena_class_to_allocnpages)
+from libc.stdint cimport int32_t
+from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull, mSpanInUse,
+                             pyarena_class_to_allocnpages, pa_lock, pa_unlock, pa_load32,
+                             pa_load8, pa_store8, pa_add64)
 from pyarena._mspan cimport sweep, spanListPush, spanListRemove
 from pyarena._mheap cimport allocSpan, freeSpan
 
@@ -25,22 +29,27 @@ cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil:
     """A span of sizeclass with a free slot, swept, for an mcache; NULL
     when the page heap cannot supply one (Go: mcentral.cacheSpan)."""
     cdef mcentral* c = &h.central[sizeclass]
-    cdef mspan* s = c.partial.first
+    cdef mspan* s
+    pa_lock(&c.lock)
+    s = c.partial.first
     if s != NULL:
         spanListRemove(&c.partial, s)
-        if s.nfreed:
+        if pa_load32(&s.nfreed):
             sweep(s)
-            h.nsweeps += 1
+            pa_add64(&h.nsweeps, 1)
     else:
         s = allocSpan(h, pyarena_class_to_allocnpages[sizeclass], sizeclass)
         if s == NULL:
+            pa_unlock(&c.lock)
             return NULL
         c.nspans += 1
-    s.incache = 1
+    pa_store8(&s.incache, 1)
+    pa_unlock(&c.lock)
     return s
 
 
-cdef inline void releaseIfEmpty(mheap* h, mcentral* c, mspan* s) noexcept nogil:
+cdef inline void releaseEmpty(mheap* h, mcentral* c, mspan* s) noexcept nogil:
+    # Under c.lock; freeSpan takes the heap lock (central -> heap).
     c.nspans -= 1
     freeSpan(h, s)
 
@@ -49,25 +58,40 @@ cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:
     """Take back a span an mcache was allocating from (Go:
     mcentral.uncacheSpan)."""
     cdef mcentral* c = &h.central[s.sizeclass]
-    s.incache = 0
-    if s.allocCount == s.nfreed:
-        releaseIfEmpty(h, c, s)
-    elif s.allocCount < s.nelems or s.nfreed:
+    cdef int32_t nfreed
+    pa_lock(&c.lock)
+    pa_store8(&s.incache, 0)
+    nfreed = pa_load32(&s.nfreed)
+    if s.allocCount == nfreed:
+        releaseEmpty(h, c, s)
+    elif s.allocCount < s.nelems or nfreed:
         spanListPush(&c.partial, s, inPartial)
     else:
         spanListPush(&c.full, s, inFull)
+    pa_unlock(&c.lock)
 
 
-cdef void freedUncached(mheap* h, mspan* s) noexcept nogil:
-    """A slot of s, which no cache holds, was just freed (freeSlot's slow
-    half): move s to partial, or give it back if nothing in it lives."""
-    cdef mcentral* c = &h.central[s.sizeclass]
-    if s.allocCount == s.nfreed:
+cdef void freedUncached(mheap* h, mspan* s, int sizeclass) noexcept nogil:
+    """A slot of s was freed and s looked uncached (freeSlot's slow half):
+    move s from full to partial, or give its pages back if nothing in it
+    lives. Decided under the class's lock on the span as it is then: by the
+    time the lock is held another thread may have cached s, or freed it and
+    reused the record, so the record is checked first."""
+    cdef mcentral* c = &h.central[sizeclass]
+    cdef int32_t nfreed
+    pa_lock(&c.lock)
+    if s.state != mSpanInUse or s.sizeclass != sizeclass or pa_load8(&s.incache):
+        pa_unlock(&c.lock)
+        return
+    nfreed = pa_load32(&s.nfreed)
+    if s.allocCount == nfreed:
         if s.list == inPartial:
             spanListRemove(&c.partial, s)
+            releaseEmpty(h, c, s)
         elif s.list == inFull:
             spanListRemove(&c.full, s)
-        releaseIfEmpty(h, c, s)
-    elif s.list == inFull:
+            releaseEmpty(h, c, s)
+    elif s.list == inFull and nfreed > 0:
         spanListRemove(&c.full, s)
         spanListPush(&c.partial, s, inPartial)
+    pa_unlock(&c.lock)

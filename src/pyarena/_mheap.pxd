@@ -4,9 +4,13 @@
 from libc.stdint cimport uint64_t, uintptr_t
 from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PAGE_SIZE,
                              LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
-                             ADDR_BITS, PAGES_PER_ARENA)
+                             ADDR_BITS, PAGES_PER_ARENA, pa_loadptr)
 
 cdef mheap* mheap_new() noexcept nogil
+cdef void registryLock() noexcept nogil
+cdef void registryUnlock() noexcept nogil
+cdef mheap* registryFind(uint64_t serial) noexcept nogil
+cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil
 cdef uint64_t newSerial() noexcept nogil
 cdef void mheap_destroy(mheap* h) noexcept nogil
 cdef void mheap_unref(mheap* h) noexcept nogil
@@ -24,10 +28,10 @@ cdef inline heapArena* arenaOf(mheap* h, uintptr_t p) noexcept nogil:
     if p >> ADDR_BITS:
         return NULL
     cdef uintptr_t ai = p >> LOG_HEAP_ARENA_BYTES
-    cdef heapArena** l2 = h.arenas[ai >> ARENA_L2_BITS]
+    cdef heapArena** l2 = <heapArena**>pa_loadptr(<void**>&h.arenas[ai >> ARENA_L2_BITS])
     if l2 == NULL:
         return NULL
-    return l2[ai & ((1 << ARENA_L2_BITS) - 1)]
+    return <heapArena*>pa_loadptr(<void**>&l2[ai & ((1 << ARENA_L2_BITS) - 1)])
 
 
 cdef inline mspan* spanOf(mheap* h, uintptr_t p) noexcept nogil:

@@ -25,6 +25,11 @@ what lets allocation skip clearing: a span made only of such pages needs no
 zeroing, and a large object clears only its dirty pages. heap_released
 counts these pages.
 
+Everything here runs under mheap.lock (allocSpan, freeSpan and
+scavengeAll take it); spanOf and arenaOf read without it: an arena is
+published (release store) before any address in it is handed out, and a
+span's spans[] entries are written before its memory is.
+
 Invariants (checked by _testing.check_heap): free runs never touch each
 other (they would have been coalesced); pagesInUse is the sum of in-use
 spans' pages; pagesMapped = pagesInUse + free pages; pagesReleased is the
@@ -38,7 +43,8 @@ from pyarena._types cimport (
     mSpanDead, mSpanInUse, mSpanFree, inNoList, inFreePages,
     PAGE_SHIFT, PAGE_SIZE, LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
     ADDR_BITS, PAGES_PER_ARENA, HEAP_GROW_PAGES, MAX_FREE_LIST_PAGES,
-    NUM_SIZE_CLASSES, TINY_SIZE_CLASS)
+    NUM_SIZE_CLASSES, TINY_SIZE_CLASS, pa_mutex, pa_mutex_init, pa_lock, pa_unlock,
+    pa_storeptr)
 from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHugePage,
                            sysUnused, physPageSize)
 from pyarena._persistentalloc cimport persistentalloc, persistentfreeall
@@ -54,9 +60,34 @@ cdef enum:
 # per-thread cache entry keyed by a dead heap's serial can never match.
 cdef uint64_t _nextSerial = 1
 
+# The registry of live heaps, so that a thread ending without the GIL can
+# tell whether the heaps it has caches of still exist (_mcache.pyx). Taken
+# before any heap or central lock, never inside one.
+cdef pa_mutex _registry
+cdef mheap* _liveHeaps = NULL
+pa_mutex_init(&_registry)
+
+
+cdef void registryLock() noexcept nogil:
+    pa_lock(&_registry)
+
+
+cdef void registryUnlock() noexcept nogil:
+    pa_unlock(&_registry)
+
+
+cdef mheap* registryFind(uint64_t serial) noexcept nogil:
+    """The live heap with this serial, or NULL. Registry lock held."""
+    cdef mheap* h = _liveHeaps
+    while h != NULL:
+        if h.serial == serial:
+            return h
+        h = h.regNext
+    return NULL
+
 
 cdef uint64_t newSerial() noexcept nogil:
-    """A serial number no heap has had (GIL held)."""
+    """A serial number no heap has had (registry lock held)."""
     global _nextSerial
     _nextSerial += 1
     return _nextSerial - 1
@@ -64,17 +95,26 @@ cdef uint64_t newSerial() noexcept nogil:
 
 cdef mheap* mheap_new() noexcept nogil:
     """A new, empty heap (Go: mheap.init), or NULL without memory."""
+    global _liveHeaps
     cdef mheap* h = <mheap*>sysAllocOS(sizeof(mheap))
     cdef int i
     if h == NULL:
         return NULL
-    h.serial = newSerial()
     h.refs = 1
+    pa_mutex_init(&h.lock)
     fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
     fixinit(&h.cachealloc, sizeof(mcache), &h.persistent)
     fixinit(&h.tinyrefalloc, 512, &h.persistent)
     for i in range(NUM_SIZE_CLASSES):
         h.central[i].sizeclass = <unsigned char>i
+        pa_mutex_init(&h.central[i].lock)
+    registryLock()
+    h.serial = newSerial()
+    h.regNext = _liveHeaps
+    if _liveHeaps != NULL:
+        _liveHeaps.regPrev = h
+    _liveHeaps = h
+    registryUnlock()
     return h
 
 
@@ -87,9 +127,20 @@ cdef void mheap_unref(mheap* h) noexcept nogil:
 
 cdef void mheap_destroy(mheap* h) noexcept nogil:
     """Unmap everything the heap has: arenas, metadata and the record itself.
-    Nothing of it may be used afterwards."""
-    cdef arenaReservation* r = h.reservations
+    Nothing of it may be used afterwards. Leaving the registry first means
+    no ending thread will look at its caches (which die with it)."""
+    global _liveHeaps
+    cdef arenaReservation* r
     cdef arenaReservation* nxt
+    registryLock()
+    if h.regPrev != NULL:
+        h.regPrev.regNext = h.regNext
+    else:
+        _liveHeaps = h.regNext
+    if h.regNext != NULL:
+        h.regNext.regPrev = h.regPrev
+    registryUnlock()
+    r = h.reservations
     while r != NULL:
         nxt = r.next
         sysFree(<void*>r.base, r.size)
@@ -325,7 +376,7 @@ cdef bint registerArenas(mheap* h, uintptr_t base, uintptr_t size) noexcept nogi
                 &h.persistent, sizeof(heapArena*) << ARENA_L2_BITS, 64)
             if l2 == NULL:
                 return False
-            h.arenas[ai >> ARENA_L2_BITS] = l2
+            pa_storeptr(<void**>&h.arenas[ai >> ARENA_L2_BITS], l2)
         ha = <heapArena*>persistentalloc(&h.persistent, sizeof(heapArena), 4096)
         if ha == NULL:
             return False
@@ -333,7 +384,7 @@ cdef bint registerArenas(mheap* h, uintptr_t base, uintptr_t size) noexcept nogi
         ha.base = a
         ha.next = h.allArenas
         h.allArenas = ha
-        l2[ai & ((1 << ARENA_L2_BITS) - 1)] = ha
+        pa_storeptr(<void**>&l2[ai & ((1 << ARENA_L2_BITS) - 1)], ha)
         a += HEAP_ARENA_BYTES
     r.base = base
     r.size = size
@@ -389,6 +440,14 @@ cdef bint grow(mheap* h, uintptr_t npages) noexcept nogil:
 # Spans in and out
 
 cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil:
+    cdef mspan* s
+    pa_lock(&h.lock)
+    s = allocSpanLocked(h, npages, sizeclass)
+    pa_unlock(&h.lock)
+    return s
+
+
+cdef mspan* allocSpanLocked(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil:
     """An in-use span of npages pages for sizeclass (0: one large object), or
     NULL when memory cannot be had (Go: mheap.allocSpan).
 
@@ -420,6 +479,12 @@ cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil:
 
 
 cdef void freeSpan(mheap* h, mspan* s) noexcept nogil:
+    pa_lock(&h.lock)
+    freeSpanLocked(h, s)
+    pa_unlock(&h.lock)
+
+
+cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil:
     """Return an in-use span's pages to the page heap (Go: mheap.freeSpan).
     Its pages are dirty from now on, unless the span is so large
     (RELEASE_ON_FREE_PAGES, 1 GiB) that keeping it would hold more memory
@@ -471,6 +536,7 @@ cdef uintptr_t scavengeAll(mheap* h) noexcept nogil:
     cdef uintptr_t n = 0
     cdef int i
     cdef mspan* s
+    pa_lock(&h.lock)
     for i in range(MAX_FREE_LIST_PAGES):
         s = h.free[i].first
         while s != NULL:
@@ -481,4 +547,5 @@ cdef uintptr_t scavengeAll(mheap* h) noexcept nogil:
         n += releaseRun(h, s)
         s = s.next
     h.pagesReleased += n
+    pa_unlock(&h.lock)
     return n << PAGE_SHIFT

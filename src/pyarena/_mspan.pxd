@@ -4,14 +4,15 @@
 # Invariants of an in-use small span s (checked by _testing.check_span):
 #   - slot i is allocated iff i < s.freeindex or allocBits bit i is set;
 #   - allocCount = number of allocated slots (freed-but-unswept included);
-#   - nfreed = popcount(freeBits); every freeBits bit is an allocated slot;
+#   - nfreed = popcount(freeBits) once frees in flight land; every freeBits
+#     bit is an allocated slot;
 #   - allocCache bit k (k < 64 - freeindex % 64) is the complement of
 #     allocBits bit freeindex + k, so a 1 bit is a free slot;
 #   - slots at and above freshindex never held data since the span was set
 #     up; unless needzero, they read as zero.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from pyarena._types cimport mspan, mSpanList
+from pyarena._types cimport mspan, mSpanList, pa_load64
 
 cdef extern from *:
     """
@@ -65,7 +66,7 @@ cdef inline bint isAllocated(mspan* s, uintptr_t i) noexcept nogil:
 
 
 cdef inline bint isFreed(mspan* s, uintptr_t i) noexcept nogil:
-    return (s.freeBits[i >> 6] >> (i & 63)) & 1
+    return (pa_load64(&s.freeBits[i >> 6]) >> (i & 63)) & 1
 
 
 cdef inline bint slotNeedsZero(mspan* s, uintptr_t i) noexcept nogil:

@@ -21,9 +21,11 @@ the middle of using it.
 
 from libc.stdint cimport uint16_t, uint64_t, uintptr_t
 from libc.string cimport memset
+from libc.stdint cimport int32_t
 from pyarena._types cimport (mspan, pyarena_class_to_size, pyarena_class_to_nelems,
-                             pyarena_class_to_divmagic, BITMAP_WORDS, PAGE_SIZE)
-from pyarena._mspan cimport ctz64, refillAllocCache
+                             pyarena_class_to_divmagic, BITMAP_WORDS, PAGE_SIZE,
+                             pa_xchg64, pa_load32, pa_add32)
+from pyarena._mspan cimport ctz64, popcount64, refillAllocCache
 
 
 cdef void initSpan(mspan* s, int sizeclass, bint needzero) noexcept nogil:
@@ -81,15 +83,20 @@ cdef uint16_t nextFreeIndex(mspan* s) noexcept nogil:
 
 cdef void sweep(mspan* s) noexcept nogil:
     """Make the slots freed since the last sweep allocatable again (Go:
-    mspan.sweep with allocBits := gcmarkBits). The span must not be in the
-    middle of being allocated from by a cache."""
+    mspan.sweep with allocBits := gcmarkBits). Called by the cache that
+    owns s, or under its mcentral's lock when no cache does. Other threads
+    may be freeing slots of s meanwhile: each freeBits word is taken with
+    an atomic exchange, so a free lands either in this sweep or the next."""
     cdef unsigned int nw = (s.nelems + 63) >> 6
     cdef unsigned int fi = s.freeindex
     cdef unsigned int w, lo
-    cdef uint64_t live
-    if s.nfreed == 0:
+    cdef uint64_t live, freed
+    cdef int32_t count = 0
+    if pa_load32(&s.nfreed) == 0:
         return
     for w in range(nw):
+        freed = pa_xchg64(&s.freeBits[w], 0)
+        count += popcount64(freed)
         live = s.allocBits[w]
         lo = w << 6
         # Slots below freeindex were handed out whatever allocBits says.
@@ -97,11 +104,10 @@ cdef void sweep(mspan* s) noexcept nogil:
             live = ~(<uint64_t>0)
         elif fi > lo:
             live |= ((<uint64_t>1) << (fi - lo)) - 1
-        s.allocBits[w] = live & ~s.freeBits[w]
-        s.freeBits[w] = 0
+        s.allocBits[w] = live & ~freed
     if fi > s.freshindex:
         s.freshindex = <uint16_t>fi
-    s.allocCount -= s.nfreed
-    s.nfreed = 0
+    s.allocCount -= <uint16_t>count
+    pa_add32(&s.nfreed, -count)
     s.freeindex = 0
     refillAllocCache(s, 0)

@@ -68,6 +68,10 @@ class MemStats:
         256 KiB metadata chunks in use.
     sweeps : int
         Spans swept.
+    invalid_frees : int
+        Frees through the C API or NumPy's handler of pointers the heap
+        did not hold live (double frees, foreign pointers); each was
+        reported with a RuntimeWarning and ignored.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
     """
@@ -84,4 +88,5 @@ class MemStats:
     metadata_sys: int
     persistent_chunks: int
     sweeps: int
+    invalid_frees: int
     by_size: tuple[SizeClassStats, ...]

@@ -15,11 +15,40 @@
 #   mheap      one pyarena.Heap: arenas, the free page runs, the central
 #              lists, the metadata allocators and the statistics.
 #
-# Locking: every function that changes heap metadata is called with the GIL
-# held (the Python API holds it). Only clears of memory that is already
-# allocated and not yet visible run without it.
+# Locking (no GIL needed anywhere; the C API runs without it):
+#   - an mcache belongs to one thread and is touched by it alone, so the
+#     allocation fast path takes no lock;
+#   - a slot may be freed by any thread: freeBits bits are set and nfreed
+#     counted with atomic operations, and a span's owner sweeps by
+#     exchanging freeBits words, so no free is lost; incache is read and
+#     written sequentially consistently, so that a free racing with the
+#     owner handing the span back is seen by one side or the other;
+#   - mcentral.lock guards a class's lists and the spans on them (and
+#     sweeping a span that is not cached); mheap.lock guards the page heap,
+#     arenas, metadata allocators, the cache list and page statistics;
+#     lock order: central, then heap; the thread-cache registry
+#     (_mcache.pyx) is taken before either, never inside;
+#   - statistics counters updated from free paths are atomic adds.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t, int32_t
+
+cdef extern from "pyarena_atomic.h" nogil:
+    ctypedef struct pa_mutex:
+        pass
+    void pa_mutex_init(pa_mutex* m)
+    void pa_lock(pa_mutex* m)
+    void pa_unlock(pa_mutex* m)
+    uint64_t pa_or64(uint64_t* p, uint64_t v)
+    uint64_t pa_xchg64(uint64_t* p, uint64_t v)
+    uint64_t pa_load64(const uint64_t* p)
+    void pa_add64(uint64_t* p, uint64_t v)
+    int32_t pa_add32(int32_t* p, int32_t v)
+    int32_t pa_load32(const int32_t* p)
+    uint8_t pa_load8(const uint8_t* p)
+    void pa_store8(uint8_t* p, uint8_t v)
+    uint8_t pa_addu8(uint8_t* p, int v)
+    void* pa_loadptr(void* const* p)
+    void pa_storeptr(void** p, void* v)
 
 cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_size[]
@@ -96,7 +125,9 @@ cdef struct mspan:
     uint16_t nelems           # slots in the span
     uint16_t freeindex        # slots below it are allocated (Go: freeindex)
     uint16_t allocCount       # slots allocated, freed-but-unswept included
-    uint16_t nfreed           # slots freed since the last sweep
+    int32_t nfreed            # slots freed since the last sweep (atomic;
+                              # may dip below 0 for an instant while a
+                              # sweep takes a bit whose free is counting)
     uint16_t freshindex       # slots at and above it never held data since
                               # the span was made (zero unless needzero)
     uint8_t sizeclass         # 0 for a large span
@@ -159,6 +190,7 @@ cdef struct heapArena:
 
 
 cdef struct mcentral:
+    pa_mutex lock
     uint8_t sizeclass
     mSpanList partial         # spans with a free slot (swept or not)
     mSpanList full            # spans without
@@ -186,14 +218,18 @@ cdef struct arenaReservation:
 
 cdef struct mheap:
     uint64_t serial                     # unique per heap in the process
+    pa_mutex lock
     # Lifetime: the Heap object holds one reference, its NumPy allocator
     # capsule another (arrays that own heap memory hold the capsule). The
-    # mheap is destroyed when both are gone. owner is the Heap object
-    # (borrowed), NULL once it has died; orphan serves allocations made
-    # through the capsule after that.
+    # mheap is destroyed when both are gone (with the GIL held, by
+    # whichever drops the last).
     uint64_t refs
-    void* owner
-    mcache* orphan
+    # Bumped whenever one of its caches is freed (a thread ended): a
+    # remembered (thread, cache) pair from before is stale.
+    uint64_t cacheEpoch
+    mheap* regNext                      # the registry of live heaps
+    mheap* regPrev
+    uint64_t invalidFrees               # frees of pointers not live here
     heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
     heapArena* allArenas
     arenaReservation* reservations
