@@ -26,12 +26,25 @@ from pyarena._heap import (
     zeros, empty, full, zeros_like, empty_like, full_like,
 )
 
+from pyarena._numpy_allocator import (
+    numpy_allocator, install_numpy_allocator, uninstall_numpy_allocator,
+)
+
 __version__ = "0.1.0"
+
+
+def get_include() -> str:
+    """The directory holding pyarena's .pxd files and C headers, for
+    ``include_dirs`` when compiling code that does ``cimport pyarena``."""
+    import os
+
+    return os.path.dirname(os.path.abspath(__file__))
 
 __all__ = [
     "Block", "Heap", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
-    "full_like", "release", "stats", "size_class", "size_classes",
+    "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
+    "get_include", "release", "stats", "size_class", "size_classes",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",
 ]

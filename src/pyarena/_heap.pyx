@@ -659,6 +659,20 @@ cdef class Heap:
             by_size=by_size,
         )
 
+    def numpy_handler(self):
+        """This heap as a NumPy data-memory handler (NEP 49): a
+        ``PyCapsule`` named ``"mem_handler"`` whose handler is named
+        ``"pyarena"``. See ``pyarena.numpy_allocator``.
+
+        The capsule keeps the heap's memory mapped for as long as it, or any
+        array allocated through it, is alive.
+        """
+        if self.h == NULL:
+            raise ValueError("the heap is closed")
+        if self._capsule is None:
+            self._capsule = self._makeCapsule()
+        return self._capsule
+
     def release(self):
         """Return every free page to the OS.
 

@@ -19,7 +19,7 @@ exists: the registry of live heaps (_mheap.pyx) says which do. A heap that
 died took its caches with it.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, int32_t
 from libc.stdlib cimport malloc as c_malloc, free as c_free
 from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES,
                              TINY_SIZE_CLASS, pa_lock, pa_unlock, pa_add64, pa_addu8,
@@ -233,8 +233,14 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     """Make c.alloc[sizeclass] a span with a free slot; NULL when there is no
     memory for one (Go: mcache.refill)."""
     cdef mspan* s = c.alloc[sizeclass]
+    cdef int32_t nfreed
     if s.state != mSpanDead:
-        if pa_load32(&s.nfreed):
+        # Sweep in place when enough of the span came free (an eighth):
+        # sweeping for a slot or two at a time would cost more than it
+        # gives. Otherwise the span goes to the back of the partial list,
+        # where frees can pile up while other spans are used.
+        nfreed = pa_load32(&s.nfreed)
+        if nfreed > 0 and <unsigned int>nfreed * 8 >= s.nelems:
             sweep(s)
             pa_add64(&c.heap.nsweeps, 1)
             if s.allocCount < s.nelems:
@@ -254,7 +260,8 @@ cdef uintptr_t nextFree(mcache* c, int sizeclass) noexcept nogil:
     mcache.nextFree)."""
     cdef mspan* s = c.alloc[sizeclass]
     cdef unsigned int idx = nextFreeIndex(s)
-    if idx == s.nelems:
+    while idx == s.nelems:
+        # refill returns a span with a free slot (cacheSpan checks).
         s = refill(c, sizeclass)
         if s == NULL:
             return 0

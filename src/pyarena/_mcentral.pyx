@@ -21,7 +21,7 @@ from libc.stdint cimport int32_t
 from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull, mSpanInUse,
                              pyarena_class_to_allocnpages, pa_lock, pa_unlock, pa_load32,
                              pa_load8, pa_store8, pa_add64)
-from pyarena._mspan cimport sweep, spanListPush, spanListRemove
+from pyarena._mspan cimport sweep, spanListPush, spanListAppend, spanListRemove
 from pyarena._mheap cimport allocSpan, freeSpan
 
 
@@ -31,13 +31,20 @@ cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil:
     cdef mcentral* c = &h.central[sizeclass]
     cdef mspan* s
     pa_lock(&c.lock)
-    s = c.partial.first
-    if s != NULL:
+    while True:
+        s = c.partial.first
+        if s == NULL:
+            break
         spanListRemove(&c.partial, s)
-        if pa_load32(&s.nfreed):
+        if pa_load32(&s.nfreed) > 0:
             sweep(s)
             pa_add64(&h.nsweeps, 1)
-    else:
+        if s.allocCount < s.nelems:
+            break
+        # Its frees were still in flight (bit set, count not yet landed):
+        # the span is full for now; the count's arrival moves it back.
+        spanListPush(&c.full, s, inFull)
+    if s == NULL:
         s = allocSpan(h, pyarena_class_to_allocnpages[sizeclass], sizeclass)
         if s == NULL:
             pa_unlock(&c.lock)
@@ -64,8 +71,9 @@ cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:
     nfreed = pa_load32(&s.nfreed)
     if s.allocCount == nfreed:
         releaseEmpty(h, c, s)
-    elif s.allocCount < s.nelems or nfreed:
-        spanListPush(&c.partial, s, inPartial)
+    elif s.allocCount < s.nelems or nfreed > 0:
+        # At the back: spans that have waited longer hold more frees.
+        spanListAppend(&c.partial, s, inPartial)
     else:
         spanListPush(&c.full, s, inFull)
     pa_unlock(&c.lock)

@@ -12,7 +12,7 @@
 #     up; unless needzero, they read as zero.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from pyarena._types cimport mspan, mSpanList, pa_load64
+from pyarena._types cimport mspan, mSpanList, pa_load64, pa_load16
 
 cdef extern from *:
     """
@@ -62,7 +62,14 @@ cdef inline uintptr_t objIndex(mspan* s, uintptr_t p) noexcept nogil:
 
 
 cdef inline bint isAllocated(mspan* s, uintptr_t i) noexcept nogil:
-    return i < s.freeindex or (s.allocBits[i >> 6] >> (i & 63)) & 1
+    """Whether slot i is allocated; any thread. freeindex is read first
+    (acquire): a sweep writes the new allocBits before it resets freeindex
+    (release), so a reader that sees the reset sees the new bits, and one
+    that sees the old freeindex needs the bits only for slots allocated
+    before the last sweep, which both versions of the bits hold."""
+    if i < pa_load16(&s.freeindex):
+        return True
+    return (pa_load64(&s.allocBits[i >> 6]) >> (i & 63)) & 1
 
 
 cdef inline bint isFreed(mspan* s, uintptr_t i) noexcept nogil:
@@ -84,6 +91,17 @@ cdef inline void spanListPush(mSpanList* l, mspan* s, uint8_t which) noexcept no
     else:
         l.last = s
     l.first = s
+    s.list = which
+
+
+cdef inline void spanListAppend(mSpanList* l, mspan* s, uint8_t which) noexcept nogil:
+    s.next = NULL
+    s.prev = l.last
+    if l.last != NULL:
+        l.last.next = s
+    else:
+        l.first = s
+    l.last = s
     s.list = which
 
 

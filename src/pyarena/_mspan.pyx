@@ -24,7 +24,7 @@ from libc.string cimport memset
 from libc.stdint cimport int32_t
 from pyarena._types cimport (mspan, pyarena_class_to_size, pyarena_class_to_nelems,
                              pyarena_class_to_divmagic, BITMAP_WORDS, PAGE_SIZE,
-                             pa_xchg64, pa_load32, pa_add32)
+                             pa_xchg64, pa_load32, pa_add32, pa_store16, pa_load64)
 from pyarena._mspan cimport ctz64, popcount64, refillAllocCache
 
 
@@ -95,8 +95,12 @@ cdef void sweep(mspan* s) noexcept nogil:
     if pa_load32(&s.nfreed) == 0:
         return
     for w in range(nw):
-        freed = pa_xchg64(&s.freeBits[w], 0)
-        count += popcount64(freed)
+        # A plain look first: most words have no pending frees, and an
+        # atomic exchange costs a locked instruction.
+        freed = pa_load64(&s.freeBits[w])
+        if freed:
+            freed = pa_xchg64(&s.freeBits[w], 0)
+            count += popcount64(freed)
         live = s.allocBits[w]
         lo = w << 6
         # Slots below freeindex were handed out whatever allocBits says.
@@ -109,5 +113,5 @@ cdef void sweep(mspan* s) noexcept nogil:
         s.freshindex = <uint16_t>fi
     s.allocCount -= <uint16_t>count
     pa_add32(&s.nfreed, -count)
-    s.freeindex = 0
+    pa_store16(&s.freeindex, 0)      # after allocBits: see isAllocated
     refillAllocCache(s, 0)

@@ -46,6 +46,8 @@ cdef extern from "numpy/arrayobject.h":
     int PyArray_SetBaseObject(PyObject* arr, PyObject* base)
     int NPY_ARRAY_WRITEABLE, NPY_ARRAY_F_CONTIGUOUS, NPY_ARRAY_C_CONTIGUOUS
     int _import_array() except -1
+    PyObject* PyDataMem_SetHandler(PyObject* handler)
+    PyObject* PyDataMem_GetHandler()
     npy_intp PyDataType_ELSIZE(PyArray_Descr* d)
     bint PyDataType_HASSUBARRAY(PyArray_Descr* d)
     npy_intp PyDataType_ALIGNMENT(PyArray_Descr* d)
@@ -318,3 +320,25 @@ cdef object allocFailed(int nd, npy_intp* dims, object descr, Py_ssize_t nbytes)
         f"{size:.{2 if size < 10 else 1 if size < 100 else 0}f} {units[k]}"
     return MemoryError(f"Unable to allocate {text} for an array with "
                        f"shape {shape} and data type {descr}")
+
+
+def set_data_handler(object capsule):
+    """Make capsule NumPy's data-memory handler in the current context
+    (PyDataMem_SetHandler; None restores NumPy's default). Returns the
+    handler that was current."""
+    cdef PyObject* old = PyDataMem_SetHandler(NULL if capsule is None else <PyObject*>capsule)
+    if old == NULL:
+        propagate()
+    result = <object>old
+    Py_DECREF(result)       # PyDataMem_SetHandler returned a new reference
+    return result
+
+
+def get_data_handler():
+    """NumPy's current data-memory handler capsule (PyDataMem_GetHandler)."""
+    cdef PyObject* h = PyDataMem_GetHandler()
+    if h == NULL:
+        propagate()
+    result = <object>h
+    Py_DECREF(result)
+    return result

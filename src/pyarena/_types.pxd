@@ -47,6 +47,8 @@ cdef extern from "pyarena_atomic.h" nogil:
     uint8_t pa_load8(const uint8_t* p)
     void pa_store8(uint8_t* p, uint8_t v)
     uint8_t pa_addu8(uint8_t* p, int v)
+    uint16_t pa_load16(const uint16_t* p)
+    void pa_store16(uint16_t* p, uint16_t v)
     void* pa_loadptr(void* const* p)
     void pa_storeptr(void** p, void* v)
 

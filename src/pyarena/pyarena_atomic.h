@@ -30,6 +30,10 @@ static inline void pa_store8(uint8_t *p, uint8_t v)
 { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint8_t pa_addu8(uint8_t *p, int v)
 { return (uint8_t)__atomic_add_fetch(p, (uint8_t)v, __ATOMIC_ACQ_REL); }
+static inline uint16_t pa_load16(const uint16_t *p)
+{ return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pa_store16(uint16_t *p, uint16_t v)
+{ __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline void *pa_loadptr(void *const *p)
 { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void pa_storeptr(void **p, void *v)
