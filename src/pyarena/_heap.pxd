@@ -28,6 +28,7 @@ cdef class Heap:
 
     cdef void _destroy(self)
     cdef mcache* _cache(self) except NULL
+    cdef mcache* _peekCache(self) noexcept nogil
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0

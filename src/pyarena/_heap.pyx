@@ -34,8 +34,8 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SM
                              pyarena_class_to_size, ADDR_BITS, pa_add64, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
-from pyarena._mcache cimport getmcache
-from pyarena._msize cimport alignedClass
+from pyarena._mcache cimport getmcache, peekmcache
+from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
                               FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
@@ -50,6 +50,10 @@ import numpy as np
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
 # request past it cannot be satisfied whatever the machine.
 cdef size_t MAX_ALLOC = (<size_t>1) << (ADDR_BITS - 1)
+
+# The zero-size address (_malloc.zerobase), read once: the free paths
+# compare every pointer with it.
+cdef uintptr_t ZEROBASE = zerobaseAddr()
 
 
 @cython.final
@@ -91,7 +95,7 @@ cdef class Block:
         if self.ptr != 0 and self._nbytes != 0 and self.heap is not None:
             # The heap is alive (we hold it) and its mheap too: a heap is
             # destroyed early only when it has no live objects.
-            freeObject(self.heap.h, self.ptr, self._tiny)
+            freeObject(self.heap.h, self.heap._peekCache(), self.ptr, self._tiny)
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         PyBuffer_FillInfo(buffer, self, <void*>self.ptr, self._nbytes, 0, flags)
@@ -200,6 +204,13 @@ cdef class Heap:
         self._epoch = self.h.cacheEpoch
         return c
 
+    cdef mcache* _peekCache(self) noexcept nogil:
+        """The calling thread's cache if it has one, else NULL (for frees:
+        counted there, and freed without atomics when the span is its)."""
+        if pthread_self() == self._tid and self._epoch == self.h.cacheEpoch:
+            return self._tcache
+        return peekmcache(self.h)
+
     # -- the C-level API (see __init__.pxd) ---------------------------------
 
     cdef void* malloc(self, size_t size) noexcept nogil:
@@ -260,7 +271,7 @@ cdef class Heap:
         cdef int cls
         cdef uintptr_t p
         if nbytes == 0:
-            return newBlock(self, zerobaseAddr(), 0, 0, 0, False)
+            return newBlock(self, ZEROBASE, 0, 0, 0, False)
         if nbytes < 0:
             raise ValueError(f"negative size: {nbytes}")
         p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
@@ -296,7 +307,7 @@ cdef class Heap:
             try:
                 clearLarge(self.h, s, nbytes)
             except BaseException:
-                freeObject(self.h, s.startAddr, False)
+                freeObject(self.h, self._peekCache(), s.startAddr, False)
                 raise
         return s.startAddr
 
@@ -377,7 +388,7 @@ cdef class Heap:
         if self._capsule is None:
             self._capsule = self._makeCapsule()
         if nbytes == 0:
-            p = zerobaseAddr()
+            p = ZEROBASE
         else:
             p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
             if p == 0:
@@ -618,21 +629,23 @@ cdef class Heap:
             return self._final
         pa_lock(&h.lock)
         allocBytes = h.retiredAllocBytes
+        cdef uint64_t freed = pa_load64(&h.freedBytes) + h.retiredFreedBytes
         for i in range(NUM_SIZE_CLASSES):
             mallocs[i] = h.retiredMalloc[i]
-            frees[i] = pa_load64(&h.nfree[i])
+            frees[i] = pa_load64(&h.nfree[i]) + h.retiredFree[i]
         # Other threads' counts are read as they are: exact when they are
         # not allocating at this moment.
         c = h.caches
         while c != NULL:
             for i in range(NUM_SIZE_CLASSES):
                 mallocs[i] += c.nmalloc[i]
+                frees[i] += c.nfree[i]
             allocBytes += c.allocBytes
+            freed += c.freedBytes
             c = c.next
         for i in range(NUM_SIZE_CLASSES):
             m += mallocs[i]
             f += frees[i]
-        cdef uint64_t freed = pa_load64(&h.freedBytes)
         cdef uint64_t mapped = h.pagesMapped, inuse = h.pagesInUse
         cdef uint64_t released = h.pagesReleased
         cdef uint64_t meta = h.persistent.sys + sizeof(mheap)
@@ -746,15 +759,13 @@ cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
     cdef int cls
     if size < TINY_SIZE:
         if size == 0:
-            return zerobaseAddr()
+            return ZEROBASE
         size = TINY_SIZE
     c = getmcache(h)
     if c == NULL:
         return 0
     if size <= MAX_SMALL_SIZE:
-        cls = alignedClass(size, 16)
-        if cls != 0:
-            return mallocSmall(c, cls, size, zero)
+        return mallocSmall(c, sizeToClass16(size), size, zero)
     if size > MAX_ALLOC:
         return 0
     s = mallocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
@@ -767,7 +778,7 @@ cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
 
 cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
     cdef uintptr_t start, size
-    if p == zerobaseAddr() or liveObject(h, p, &start, &size) == NULL:
+    if p == ZEROBASE or liveObject(h, p, &start, &size) == NULL:
         return 0
     return start + size - p
 
@@ -775,7 +786,7 @@ cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
 cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     cdef size_t old
     cdef void* q
-    if p == NULL or <uintptr_t>p == zerobaseAddr():
+    if p == NULL or <uintptr_t>p == ZEROBASE:
         return <void*>heapMalloc(h, size, False)
     old = usableSize(h, <uintptr_t>p)
     if old == 0:
@@ -793,9 +804,9 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
 
 cdef void heapFree(mheap* h, void* p) noexcept nogil:
     cdef int r
-    if p == NULL or <uintptr_t>p == zerobaseAddr():
+    if p == NULL or <uintptr_t>p == ZEROBASE:
         return
-    r = freeObject(h, <uintptr_t>p, False)
+    r = freeObject(h, peekmcache(h), <uintptr_t>p, False)
     if r != FREE_OK:
         reportInvalidFree(h, p, r)
 

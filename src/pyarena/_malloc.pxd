@@ -5,7 +5,7 @@ from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, p
                              pa_add64, pa_load8, pa_addu8)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
 from pyarena._mcache cimport nextFree
-from pyarena._mcentral cimport freeSlot
+from pyarena._mcentral cimport freeSlot, freeSlotLocal
 from pyarena._mheap cimport freeSpan, spanOf
 
 cdef uintptr_t zerobaseAddr() noexcept nogil
@@ -44,17 +44,21 @@ cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint 
     return v
 
 
-cdef inline int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
-    """Record that the object at p died (its last reference went away);
-    any thread may call it. Checks that p is the start of a live object of
-    h (for a tiny value: an address inside a live tiny block) and returns a
-    FREE_* code; on an error nothing changes."""
+cdef inline int freeObject(mheap* h, mcache* c, uintptr_t p, bint tiny) noexcept nogil:
+    """Record that the object at p died (its last reference went away).
+    c is the calling thread's cache of h, or NULL if it has none; any
+    thread may call this. A slot of a span c is allocating from is freed
+    locally, without atomics; others remotely (freeSlot). Checks that p is
+    the start of a live object of h (for a tiny value: an address inside a
+    live tiny block) and returns a FREE_* code; on an error nothing
+    changes."""
     cdef mspan* s = spanOf(h, p)
     cdef uintptr_t idx
-    cdef uint8_t refs
+    cdef int cls
     if s == NULL:
         return FREE_NOT_IN_HEAP
-    if s.sizeclass == 0:
+    cls = s.sizeclass
+    if cls == 0:
         if p != s.startAddr:
             return FREE_NOT_OBJECT_START
         # freeBits bit 0 marks a large object freed: two racing frees of
@@ -62,25 +66,42 @@ cdef inline int freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
         if pa_or64(&s.freeBits[0], 1) & 1:
             return FREE_NOT_ALLOCATED
         s.allocCount = 0
-        pa_add64(&h.nfree[0], 1)
-        pa_add64(&h.freedBytes, s.elemsize)
+        countFree(h, c, 0, s.elemsize)
         freeSpan(h, s)
         return FREE_OK
     idx = objIndex(s, p)
     if tiny:
         if s.tinyRefs == NULL or pa_load8(&s.tinyRefs[idx]) == 0:
             return FREE_NOT_ALLOCATED
-        pa_add64(&h.nfree[TINY_SIZE_CLASS], 1)
         if pa_addu8(&s.tinyRefs[idx], -1) == 0:
-            pa_add64(&h.freedBytes, TINY_SIZE)
-            freeSlot(h, s, <unsigned int>idx)
+            countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
+            freeSlotAny(h, c, s, <unsigned int>idx)
+        else:
+            countFree(h, c, TINY_SIZE_CLASS, 0)
         return FREE_OK
     if p != s.startAddr + idx * s.elemsize:
         return FREE_NOT_OBJECT_START
     if not isAllocated(s, idx) or (s.tinyRefs != NULL and pa_load8(&s.tinyRefs[idx]) != 0):
         return FREE_NOT_ALLOCATED
-    if not freeSlot(h, s, <unsigned int>idx):
+    if not freeSlotAny(h, c, s, <unsigned int>idx):
         return FREE_NOT_ALLOCATED
-    pa_add64(&h.nfree[s.sizeclass], 1)
-    pa_add64(&h.freedBytes, s.elemsize)
+    countFree(h, c, cls, s.elemsize)
     return FREE_OK
+
+
+cdef inline bint freeSlotAny(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil:
+    if c != NULL and c.alloc[s.sizeclass] == s:
+        return freeSlotLocal(s, idx)
+    return freeSlot(h, s, idx)
+
+
+cdef inline void countFree(mheap* h, mcache* c, int cls, uintptr_t nbytes) noexcept nogil:
+    """One object of cls freed, nbytes of slot memory given back: in the
+    freeing thread's cache, or atomically in the heap when it has none."""
+    if c != NULL:
+        c.nfree[cls] += 1
+        c.freedBytes += nbytes
+    else:
+        pa_add64(&h.nfree[cls], 1)
+        if nbytes:
+            pa_add64(&h.freedBytes, nbytes)

@@ -61,7 +61,7 @@ from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_S
                              PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
 from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
-from pyarena._mcentral cimport freeSlot
+from pyarena._mcentral cimport freeSlot, freeSlotLocal
 from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
 
 
@@ -115,7 +115,7 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
         s.tinyRefs = <unsigned char*>allocTinyRefs(c.heap)
         if s.tinyRefs == NULL:
             # Give the slot back unused.
-            freeSlot(c.heap, s, <unsigned int>objIndex(s, x))
+            freeSlotLocal(s, <unsigned int>objIndex(s, x))
             return 0
     idx = <unsigned int>objIndex(s, x)
     if s.needzero or idx < s.freshindex:

@@ -26,7 +26,7 @@ from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES,
                              pa_load32)
 from pyarena._mfixalloc cimport fixalloc_alloc, fixalloc_free
 from pyarena._mspan cimport nextFreeIndex, sweep, objIndex
-from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot
+from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot, freeSlotLocal
 from pyarena._mheap cimport registryLock, registryUnlock, registryFind
 
 cdef extern from "<pthread.h>" nogil:
@@ -110,8 +110,11 @@ cdef void releaseTiny(mcache* c) noexcept nogil:
     c.tinyoffset = 0
     c.tinyspan = NULL
     if pa_addu8(&s.tinyRefs[idx], -1) == 0:
-        pa_add64(&c.heap.freedBytes, s.elemsize)
-        freeSlot(c.heap, s, idx)
+        c.freedBytes += s.elemsize
+        if c.alloc[TINY_SIZE_CLASS] == s:
+            freeSlotLocal(s, idx)
+        else:
+            freeSlot(c.heap, s, idx)
 
 
 cdef void releaseAll(mcache* c) noexcept nogil:
@@ -136,7 +139,9 @@ cdef void freemcache(mcache* c) noexcept nogil:
     pa_lock(&h.lock)
     for i in range(NUM_SIZE_CLASSES):
         h.retiredMalloc[i] += c.nmalloc[i]
+        h.retiredFree[i] += c.nfree[i]
     h.retiredAllocBytes += c.allocBytes
+    h.retiredFreedBytes += c.freedBytes
     if c.prev != NULL:
         c.prev.next = c.next
     else:
@@ -220,6 +225,16 @@ cdef void pruneDead() noexcept nogil:
     registryUnlock()
 
 
+cdef mcache* peekmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h if the lookup table has it, else
+    NULL; never makes one (the free paths use it to count and to free
+    locally)."""
+    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
+    if tls_serial[k] == h.serial:
+        return <mcache*>tls_cache[k]
+    return NULL
+
+
 cdef mcache* getmcache(mheap* h) noexcept nogil:
     """The calling thread's cache of h, made on first use; NULL without
     memory. Any thread, GIL or not."""
@@ -239,7 +254,7 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
         # sweeping for a slot or two at a time would cost more than it
         # gives. Otherwise the span goes to the back of the partial list,
         # where frees can pile up while other spans are used.
-        nfreed = pa_load32(&s.nfreed)
+        nfreed = pa_load32(&s.nfreed) + s.nfreedLocal
         if nfreed > 0 and <unsigned int>nfreed * 8 >= s.nelems:
             sweep(s)
             pa_add64(&c.heap.nsweeps, 1)

@@ -67,6 +67,9 @@ cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:
     cdef mcentral* c = &h.central[s.sizeclass]
     cdef int32_t nfreed
     pa_lock(&c.lock)
+    if s.nfreedLocal:
+        # The owner's own frees must become visible before it lets go.
+        sweep(s)
     pa_store8(&s.incache, 0)
     nfreed = pa_load32(&s.nfreed)
     if s.allocCount == nfreed:

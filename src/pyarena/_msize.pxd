@@ -27,3 +27,14 @@ cdef inline int alignedClass(size_t size, size_t align) noexcept nogil:
     if c == NUM_SIZE_CLASSES:
         return 0
     return c
+
+
+cdef inline int sizeToClass16(size_t size) noexcept nogil:
+    """alignedClass(size, 16) for 1 <= size <= MAX_SMALL_SIZE, without the
+    search: only classes 1 (8 B) and 3 (24 B) are less than 16-aligned
+    (tests/test_api checks this against the table), and the next class up
+    of each is 16-aligned."""
+    cdef int c = sizeToClass(size)
+    if c == 1 or c == 3:
+        c += 1
+    return c

@@ -73,7 +73,9 @@ cdef inline bint isAllocated(mspan* s, uintptr_t i) noexcept nogil:
 
 
 cdef inline bint isFreed(mspan* s, uintptr_t i) noexcept nogil:
-    return (pa_load64(&s.freeBits[i >> 6]) >> (i & 63)) & 1
+    """Freed and not yet swept (by any thread; the owner's own bits are
+    exact only for the owner)."""
+    return ((pa_load64(&s.freeBits[i >> 6]) | s.localFreeBits[i >> 6]) >> (i & 63)) & 1
 
 
 cdef inline bint slotNeedsZero(mspan* s, uintptr_t i) noexcept nogil:

@@ -40,6 +40,8 @@ cdef void initSpan(mspan* s, int sizeclass, bint needzero) noexcept nogil:
     s.incache = 0
     memset(s.allocBits, 0, sizeof(s.allocBits))
     memset(s.freeBits, 0, sizeof(s.freeBits))
+    memset(s.localFreeBits, 0, sizeof(s.localFreeBits))
+    s.nfreedLocal = 0
     if sizeclass == 0:
         s.elemsize = s.npages * PAGE_SIZE
         s.nelems = 1
@@ -86,13 +88,14 @@ cdef void sweep(mspan* s) noexcept nogil:
     mspan.sweep with allocBits := gcmarkBits). Called by the cache that
     owns s, or under its mcentral's lock when no cache does. Other threads
     may be freeing slots of s meanwhile: each freeBits word is taken with
-    an atomic exchange, so a free lands either in this sweep or the next."""
+    an atomic exchange, so a free lands either in this sweep or the next.
+    The owner's own frees (localFreeBits) need no atomics."""
     cdef unsigned int nw = (s.nelems + 63) >> 6
     cdef unsigned int fi = s.freeindex
     cdef unsigned int w, lo
-    cdef uint64_t live, freed
+    cdef uint64_t live, freed, local
     cdef int32_t count = 0
-    if pa_load32(&s.nfreed) == 0:
+    if pa_load32(&s.nfreed) == 0 and s.nfreedLocal == 0:
         return
     for w in range(nw):
         # A plain look first: most words have no pending frees, and an
@@ -101,6 +104,8 @@ cdef void sweep(mspan* s) noexcept nogil:
         if freed:
             freed = pa_xchg64(&s.freeBits[w], 0)
             count += popcount64(freed)
+        local = s.localFreeBits[w]
+        s.localFreeBits[w] = 0
         live = s.allocBits[w]
         lo = w << 6
         # Slots below freeindex were handed out whatever allocBits says.
@@ -108,10 +113,11 @@ cdef void sweep(mspan* s) noexcept nogil:
             live = ~(<uint64_t>0)
         elif fi > lo:
             live |= ((<uint64_t>1) << (fi - lo)) - 1
-        s.allocBits[w] = live & ~freed
+        s.allocBits[w] = live & ~(freed | local)
     if fi > s.freshindex:
         s.freshindex = <uint16_t>fi
-    s.allocCount -= <uint16_t>count
+    s.allocCount -= <uint16_t>count + s.nfreedLocal
+    s.nfreedLocal = 0
     pa_add32(&s.nfreed, -count)
     pa_store16(&s.freeindex, 0)      # after allocBits: see isAllocated
     refillAllocCache(s, 0)

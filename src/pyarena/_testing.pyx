@@ -34,10 +34,11 @@ cdef dict spanDict(mspan* s):
     return dict(
         start=s.startAddr, npages=s.npages, state=STATES.get(s.state, s.state),
         size_class=s.sizeclass, elemsize=s.elemsize, nelems=s.nelems,
-        freeindex=s.freeindex, alloc_count=s.allocCount, nfreed=s.nfreed,
+        freeindex=s.freeindex, alloc_count=s.allocCount, nfreed=s.nfreed + s.nfreedLocal,
         freshindex=s.freshindex, needzero=bool(s.needzero), incache=bool(s.incache),
         list=LISTS.get(s.list, s.list), alloc_cache=s.allocCache,
-        alloc_bits=bits(s.allocBits, s.nelems), free_bits=bits(s.freeBits, s.nelems),
+        alloc_bits=bits(s.allocBits, s.nelems),
+        free_bits=bits(s.freeBits, s.nelems) | bits(s.localFreeBits, s.nelems),
         tiny=s.tinyRefs != NULL)
 
 
@@ -162,8 +163,9 @@ def check_heap(Heap heap):
         if s.sizeclass:
             d = spanDict(s)
             check_span(d)
-            assert s.allocCount > s.nfreed or s.incache, "an empty span is kept"
+            assert s.allocCount > s.nfreed + s.nfreedLocal or s.incache, "an empty span is kept"
             if not s.incache:
+                assert s.nfreedLocal == 0, "an uncached span holds local frees"
                 want = "partial" if (s.allocCount < s.nelems or s.nfreed) else "full"
                 assert d["list"] == want, (d, want)
     # Spans on central lists are in use and of the list's class.
@@ -222,12 +224,17 @@ cdef class SpanSim:
         cdef uintptr_t v = nextFreeFast(self.s)
         return None if v == 0 else (v - PAGE_SIZE) // self.s.elemsize
 
-    def free(self, unsigned int idx):
-        """Record slot idx freed (as Python dropping its last reference)."""
+    def free(self, unsigned int idx, bint local=False):
+        """Record slot idx freed (as Python dropping its last reference):
+        by another thread (freeBits), or by the owner (localFreeBits)."""
         if idx >= self.s.nelems or not isAllocated(self.s, idx) or isFreed(self.s, idx):
             raise ValueError(f"slot {idx} is not allocated")
-        self.s.freeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
-        self.s.nfreed += 1
+        if local:
+            self.s.localFreeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
+            self.s.nfreedLocal += 1
+        else:
+            self.s.freeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
+            self.s.nfreed += 1
 
     def sweep(self):
         sweep(self.s)

@@ -143,9 +143,14 @@ cdef struct mspan:
     # allocBits: 1 = slot allocated as of the last sweep. Slots below
     # freeindex count as allocated whatever their bit says (Go's rule).
     uint64_t allocBits[BITMAP_WORDS]
-    # freeBits: 1 = freed by Python, not yet swept. Go finds dead objects by
-    # marking; here reference counting tells us, one slot at a time.
+    # freeBits: 1 = freed by another thread, not yet swept (atomic). Go
+    # finds dead objects by marking; here reference counting or the C API's
+    # free tells us, one slot at a time.
     uint64_t freeBits[BITMAP_WORDS]
+    # Frees by the thread whose cache holds the span: plain bit operations
+    # and a plain count, no atomics (mimalloc's local free list, as bits).
+    uint64_t localFreeBits[BITMAP_WORDS]
+    uint16_t nfreedLocal
 
 
 cdef struct mSpanList:
@@ -210,6 +215,9 @@ cdef struct mcache:
     # Allocation counts of this thread (Go keeps them per P and flushes).
     uint64_t nmalloc[NUM_SIZE_CLASSES]   # [0]: large objects
     uint64_t allocBytes       # slot bytes handed out, cumulative
+    # Frees made by this thread (in any span).
+    uint64_t nfree[NUM_SIZE_CLASSES]
+    uint64_t freedBytes
 
 
 cdef struct arenaReservation:
@@ -253,9 +261,11 @@ cdef struct mheap:
     uint64_t pagesMapped      # heap_sys
     uint64_t pagesInUse       # heap_inuse
     uint64_t pagesReleased    # heap_released (free pages reading zero)
-    uint64_t nfree[NUM_SIZE_CLASSES]
+    uint64_t nfree[NUM_SIZE_CLASSES]    # frees by threads without a cache (atomic)
     uint64_t freedBytes
     uint64_t retiredMalloc[NUM_SIZE_CLASSES]  # counts of ended threads
     uint64_t retiredAllocBytes
+    uint64_t retiredFree[NUM_SIZE_CLASSES]
+    uint64_t retiredFreedBytes
     uint64_t nsweeps
     uint64_t ngrow
