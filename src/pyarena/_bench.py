@@ -11,6 +11,7 @@ Tables:
   "allocate and drop" and for "allocate, write one byte per 4 KiB page,
   drop" (the second pays for page faults where memory is fresh).
 - blocks: ``Heap.alloc`` against ``bytearray``, the raw-buffer peers.
+- C level and NumPy handler: see _bench_c.py.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _cell(run_a, run_b, rounds: int, budget_ns: float) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
-class _Progress:
+class Progress:
     def __init__(self, total: int, enabled: bool):
         self.total, self.done, self.enabled = total, 0, enabled
 
@@ -105,7 +106,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
         return np.zeros(n, u8)
 
     cells = []
-    prog = _Progress(2 * len(ZERO_SIZES) + len(BLOCK_SIZES), progress)
+    prog = Progress(2 * len(ZERO_SIZES) + len(BLOCK_SIZES), progress)
     for loop_name, loop in (("alloc+drop", _drop_loop), ("alloc+touch+drop", _touch_loop)):
         for n in ZERO_SIZES:
             prog.step(f"zeros {loop_name} {_label(n)}")
@@ -121,8 +122,11 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     prog.close()
     st = heap.stats()
     heap.close()
+    from pyarena import _bench_c
     return dict(quick=quick, rounds=rounds, numpy=np.__version__, pyarena=pyarena.__version__,
-                heap_sys=st.heap_sys, cells=cells)
+                heap_sys=st.heap_sys, cells=cells,
+                c_level=_bench_c.run_c_level(quick, progress),
+                numpy_handler=_bench_c.run_numpy_handler(quick, progress))
 
 
 def _fmt_ns(ns: float) -> str:
@@ -156,4 +160,6 @@ def format_table(results: dict) -> str:
         if c["table"] == "blocks":
             out.append(f"{c['label']:>8} | {_fmt_ns(c['pyarena_ns']):>9}"
                        f" {_fmt_ns(c['peer_ns']):>9} {c['ratio']:5.2f}")
+    from pyarena import _bench_c
+    out.extend(_bench_c.format_tables(results))
     return "\n".join(out)

@@ -1,0 +1,233 @@
+"""The C-level and NumPy-handler tables of ``python -m pyarena bench``.
+
+- C level: the C API's malloc+free pair, and batches of 100,000 mallocs
+  then frees, beside libc malloc/free, PyMem_Malloc/PyMem_Free and (when
+  installed) cymem's Pool, each timed in a C loop (_cbench.pyx; cymem's
+  twin is compiled on first use, since cymem is not a dependency).
+- NumPy handler: NumPy arithmetic on temporaries of 1 KiB to 64 MiB with
+  NumPy's default data allocator and with pyarena's (numpy_allocator), each
+  run in a fresh process, alternating, with its peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pyarena
+from pyarena import _cbench
+from pyarena._bench import Progress, _label
+
+C_SIZES = (16, 64, 256, 1 << 10, 8 << 10)
+C_KINDS = ("pyarena", "libc", "pymem", "cymem")
+WORKLOAD_SIZES = (1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20)
+BATCH = 100_000
+
+CYMEM_PYX = """# cython: language_level=3
+from cymem.cymem cimport Pool
+from libc.stdlib cimport malloc, free
+cdef extern from *:
+    '''
+    #include <time.h>
+    static void *volatile cymem_bench_sink;
+    static unsigned long long cymem_now(void) { struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec * 1000000000ULL + ts.tv_nsec; }
+    '''
+    void* sink "cymem_bench_sink"
+    unsigned long long now "cymem_now"()
+
+def pair_ns(size_t size, Py_ssize_t reps):
+    global sink
+    cdef Pool pool = Pool()
+    cdef Py_ssize_t i
+    cdef void* p
+    cdef unsigned long long t0 = now()
+    for i in range(reps):
+        p = pool.alloc(1, size)
+        (<char*>p)[0] = <char>i
+        sink = p
+        pool.free(p)
+    return (now() - t0) / <double>reps
+
+def batch_ns(size_t size, Py_ssize_t n):
+    global sink
+    cdef Pool pool = Pool()
+    cdef Py_ssize_t i
+    cdef void** ptrs = <void**>malloc(n * sizeof(void*))
+    cdef unsigned long long t0 = now()
+    for i in range(n):
+        ptrs[i] = pool.alloc(1, size)
+        (<char*>ptrs[i])[0] = <char>i
+        sink = ptrs[i]
+    for i in range(n):
+        pool.free(ptrs[i])
+    cdef unsigned long long t = now() - t0
+    free(ptrs)
+    return t / <double>n
+"""
+
+
+def cymem_loops():
+    """The cymem twin of _cbench, compiled now and cached per machine; None
+    when cymem or Cython is missing or the build fails."""
+    try:
+        import cymem  # noqa: F401
+        import Cython
+    except ImportError:
+        return None
+    import hashlib
+    import importlib.util
+    import tempfile
+    key = hashlib.sha1((CYMEM_PYX + sys.version + Cython.__version__).encode()).hexdigest()[:12]
+    base = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                        "pyarena-bench", key)
+    os.makedirs(base, exist_ok=True)
+    found = [f for f in os.listdir(base) if f.startswith("cymem_loops") and f.endswith(".so")]
+    if not found:
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "cymem_loops.pyx"), "w") as f:
+                f.write(CYMEM_PYX)
+            with open(os.path.join(tmp, "setup.py"), "w") as f:
+                f.write("from setuptools import setup\nfrom Cython.Build import cythonize\n"
+                        "setup(ext_modules=cythonize(['cymem_loops.pyx'], quiet=True))\n")
+            r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return None
+            for f in os.listdir(tmp):
+                if f.startswith("cymem_loops") and f.endswith(".so"):
+                    os.replace(os.path.join(tmp, f), os.path.join(base, f))
+                    found = [f]
+    if not found:
+        return None
+    spec = importlib.util.spec_from_file_location("cymem_loops", os.path.join(base, found[0]))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_c_level(quick: bool = False, progress: bool = True) -> dict:
+    """ns per malloc+free pair and per allocation in a batch, each
+    allocator in turn within every round (interleaved), medians."""
+    rounds = 3 if quick else 11
+    pair_reps = 100_000 if quick else 400_000
+    cym = cymem_loops()
+    kinds = [k for k in C_KINDS if k != "cymem" or cym is not None]
+    heap = pyarena.Heap()
+    prog = Progress(len(C_SIZES), progress)
+
+    def pair(kind, size, reps):
+        if kind == "cymem":
+            return cym.pair_ns(size, reps)
+        return _cbench.pair_ns(kind, size, reps, heap)
+
+    def batch(kind, size):
+        if kind == "cymem":
+            return cym.batch_ns(size, BATCH)
+        return _cbench.batch_ns(kind, size, BATCH, heap)
+
+    rows = []
+    for size in C_SIZES:
+        prog.step(f"C level {_label(size)}")
+        pairs = {k: [] for k in kinds}
+        batches = {k: [] for k in kinds}
+        for k in kinds:                       # warm up: first-touch faults
+            pair(k, size, 1000)
+            batch(k, size)
+        for _ in range(rounds):
+            for k in kinds:
+                pairs[k].append(pair(k, size, pair_reps))
+                batches[k].append(batch(k, size))
+        rows.append(dict(size=size, label=_label(size),
+                         pair={k: statistics.median(v) for k, v in pairs.items()},
+                         batch={k: statistics.median(v) for k, v in batches.items()}))
+    prog.close()
+    heap.close()
+    return dict(rounds=rounds, kinds=kinds, rows=rows,
+                note=None if cym is not None else "cymem not installed (pip install cymem)")
+
+
+WORKLOAD = """
+import json, resource, sys, time
+import numpy as np
+import pyarena
+sizes, reps = {sizes!r}, {reps}
+def work():
+    s = 0.0
+    for nbytes in sizes:
+        n = nbytes // 8
+        a = np.ones(n)
+        b = np.full(n, 0.5)
+        for _ in range(max(1, reps * (1 << 20) // max(nbytes, 1 << 16) // 4)):
+            c = a * 2.0 + b
+            d = np.sqrt(c)
+            e = (d - a) * b
+            s += float(e[-1])
+    return s
+if sys.argv[1] == "pyarena":
+    with pyarena.numpy_allocator(pyarena.Heap()):
+        t0 = time.perf_counter(); work(); t = time.perf_counter() - t0
+else:
+    t0 = time.perf_counter(); work(); t = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across
+# fork and exec, VmHWM belongs to this process's own address space.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps(dict(seconds=t, maxrss_kib=hwm)))
+"""
+
+
+def _workload_once(kind: str, reps: int) -> dict:
+    r = subprocess.run([sys.executable, "-c", WORKLOAD.format(sizes=WORKLOAD_SIZES, reps=reps),
+                        kind], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+def run_numpy_handler(quick: bool = False, progress: bool = True) -> dict:
+    rounds = 3 if quick else 7
+    reps = 4 if quick else 16
+    prog = Progress(rounds, progress)
+    default, ours = [], []
+    for _ in range(rounds):
+        prog.step("NumPy handler workload")
+        default.append(_workload_once("numpy", reps))
+        ours.append(_workload_once("pyarena", reps))
+    prog.close()
+
+    def med(rs, key):
+        return statistics.median(r[key] for r in rs)
+
+    return dict(rounds=rounds, sizes=[_label(s) for s in WORKLOAD_SIZES],
+                numpy_s=med(default, "seconds"), pyarena_s=med(ours, "seconds"),
+                numpy_rss_kib=med(default, "maxrss_kib"),
+                pyarena_rss_kib=med(ours, "maxrss_kib"))
+
+
+def format_tables(results: dict) -> list[str]:
+    out = []
+    cl = results.get("c_level")
+    if cl:
+        kinds = cl["kinds"]
+        head = " ".join(f"{k:>8}" for k in kinds)
+        out += ["", "C level, ns: malloc+free pair | per allocation, batch of 100,000 mallocs "
+                "then frees",
+                f"{'size':>8} | {head} {'pa/libc':>7} | {head} {'pa/libc':>7}"]
+        for r in cl["rows"]:
+            p = " ".join(f"{r['pair'][k]:8.1f}" for k in kinds)
+            b = " ".join(f"{r['batch'][k]:8.1f}" for k in kinds)
+            out.append(f"{r['label']:>8} | {p} {r['pair']['pyarena'] / r['pair']['libc']:7.2f}"
+                       f" | {b} {r['batch']['pyarena'] / r['batch']['libc']:7.2f}")
+        if cl.get("note"):
+            out.append(f"({cl['note']})")
+    nh = results.get("numpy_handler")
+    if nh:
+        out += ["", f"NumPy arithmetic on temporaries of {', '.join(nh['sizes'])}; "
+                f"a fresh process each, median of {nh['rounds']}:",
+                f"  time: NumPy's allocator {nh['numpy_s']:.3f} s, pyarena's {nh['pyarena_s']:.3f} s"
+                f" ({nh['numpy_s'] / nh['pyarena_s']:.2f}x faster)",
+                f"  peak RSS: {nh['numpy_rss_kib'] / 1024:.0f} MiB vs "
+                f"{nh['pyarena_rss_kib'] / 1024:.0f} MiB (ratio "
+                f"{nh['pyarena_rss_kib'] / nh['numpy_rss_kib']:.2f})"]
+    return out
