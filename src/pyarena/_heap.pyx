@@ -39,12 +39,14 @@ from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
                               FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
-from pyarena._ndarray cimport (npy_intp, MAXDIMS, descrOf, parseShape, arrayNbytes, parseOrder,
+from pyarena._ndarray cimport (npy_intp, MAXDIMS, arraySpec, arrayLayout, descrOf, parseShape,
+                               arrayNbytes, parseOrder,
                                wrapOwned, descrAlignment, descrItemsize, allocFailed,
                                expandSubarray, PyDataMem_Handler, arrayHandler)
 from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings
+from pyarena._ndarray import like_layout
 import numpy as np
 
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
@@ -356,44 +358,23 @@ cdef class Heap:
         return self._arrayIn(shape, dtype, parseOrder(order), None, zero)
 
     cdef object _arrayIn(self, object shape, object dtype, bint fortran, object perm, bint zero):
-        """A new array owning heap memory. perm, when given, is the memory
-        order of the axes, outermost first (order='K' of the *_like
-        functions); otherwise C or Fortran order."""
-        cdef npy_intp dims[MAXDIMS]
-        cdef npy_intp strides[MAXDIMS]
-        cdef npy_intp* stridesp = NULL
-        cdef int nd, cls, k, ax
-        cdef Py_ssize_t nbytes, itemsize, stride
-        cdef size_t align
-        cdef bint hassub
+        """A new array owning heap memory, laid out as arrayLayout says."""
+        cdef arraySpec spec
+        cdef int cls
         cdef uintptr_t p
-        descr = descrOf(dtype, &itemsize, &align, &hassub)
-        nd = parseShape(shape, dims)
-        if hassub:
-            descr = expandSubarray(descr, &nd, dims)
-            itemsize = descrItemsize(descr)
-            align = descrAlignment(descr)
-        nbytes = arrayNbytes(nd, dims, itemsize)
-        if perm is not None:
-            # Sub-array dimensions, appended by expandSubarray, stay innermost.
-            order = list(perm) + list(range(len(perm), nd))
-            stride = itemsize
-            for k in range(nd - 1, -1, -1):
-                ax = order[k]
-                strides[ax] = stride
-                stride *= dims[ax] if dims[ax] else 1
-            stridesp = strides
+        descr = arrayLayout(shape, dtype, perm, &spec)
         if self._closed:
             raise ValueError("allocation from a closed heap")
         if self._capsule is None:
             self._capsule = self._makeCapsule()
-        if nbytes == 0:
+        if spec.nbytes == 0:
             p = ZEROBASE
         else:
-            p = self._allocRaw(<size_t>nbytes, align, zero, &cls)
+            p = self._allocRaw(<size_t>spec.nbytes, spec.align, zero, &cls)
             if p == 0:
-                raise allocFailed(nd, dims, descr, nbytes)
-        return wrapOwned(descr, nd, dims, stridesp, <void*>p, fortran, self._capsule)
+                raise allocFailed(spec.nd, spec.dims, descr, spec.nbytes)
+        return wrapOwned(descr, spec.nd, spec.dims, spec.stridesp, <void*>p, fortran,
+                         self._capsule)
 
     cdef object _makeCapsule(self):
         """This heap as a NumPy data-memory handler (NEP 49), in a capsule
@@ -467,34 +448,8 @@ cdef class Heap:
         return a
 
     cdef object _like(self, object a, object dtype, object order, object shape, bint zero):
-        if not isinstance(a, np.ndarray):
-            a = np.asanyarray(a)
-        if dtype is None:
-            dtype = a.dtype
-        if isinstance(order, str) and len(order) == 1:
-            order = order.upper()
-        if order not in ("C", "F", "A", "K", None):
-            raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
-        if shape is None:
-            shape = a.shape
-            same = True
-        else:
-            try:
-                shape = (operator.index(shape),)
-            except TypeError:
-                shape = tuple(shape)
-            same = len(shape) == a.ndim
-        fortran = a.flags.f_contiguous and not a.flags.c_contiguous
-        if order in ("C", None) or (order == "K" and not same):
-            return self._arrayIn(shape, dtype, False, None, zero)
-        if order == "F":
-            return self._arrayIn(shape, dtype, True, None, zero)
-        if order == "A" or a.flags.c_contiguous or fortran:
-            return self._arrayIn(shape, dtype, fortran, None, zero)
-        # 'K' for a non-contiguous array: keep its axes' memory order, as
-        # NumPy does (largest stride outermost, ties in axis order).
-        perm = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
-        return self._arrayIn(shape, dtype, False, perm, zero)
+        a, shape, dtype, fortran, perm = like_layout(a, dtype, order, shape)
+        return self._arrayIn(shape, dtype, fortran, perm, zero)
 
     def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """An array of zeros with the shape and type of ``a``

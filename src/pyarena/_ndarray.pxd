@@ -20,6 +20,15 @@ cdef enum:
     MAXDIMS = 64          # NPY_MAXDIMS in NumPy 2
     ARRAY_ALIGN = 16      # every array's data is at least 16-aligned
 
+ctypedef struct arraySpec:
+    int nd
+    npy_intp dims[MAXDIMS]
+    npy_intp strides[MAXDIMS]
+    npy_intp* stridesp
+    Py_ssize_t nbytes
+    size_t align
+
+cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec)
 cdef object descrOf(object dtype, Py_ssize_t* itemsize, size_t* align, bint* hassub)
 cdef int parseShapeSlow(object shape, npy_intp* dims) except -1
 

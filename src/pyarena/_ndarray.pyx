@@ -274,6 +274,67 @@ cdef extern from *:
     PyObject* arrayMemHandler "pyarena_array_mem_handler"(PyObject* arr)
 
 
+cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec):
+    """Parse an array request into spec (dims, strides when perm is given,
+    byte size, alignment) and return its descriptor. perm, when given, is
+    the memory order of the axes, outermost first (order='K' of the *_like
+    functions). Shared by Heap and Arena."""
+    cdef Py_ssize_t itemsize, stride
+    cdef bint hassub
+    cdef int k, ax
+    descr = descrOf(dtype, &itemsize, &spec.align, &hassub)
+    spec.nd = parseShape(shape, spec.dims)
+    if hassub:
+        descr = expandSubarray(descr, &spec.nd, spec.dims)
+        itemsize = descrItemsize(descr)
+        spec.align = descrAlignment(descr)
+    spec.nbytes = arrayNbytes(spec.nd, spec.dims, itemsize)
+    spec.stridesp = NULL
+    if perm is not None:
+        # Sub-array dimensions, appended by expandSubarray, stay innermost.
+        order = list(perm) + list(range(len(perm), spec.nd))
+        stride = itemsize
+        for k in range(spec.nd - 1, -1, -1):
+            ax = order[k]
+            spec.strides[ax] = stride
+            stride *= spec.dims[ax] if spec.dims[ax] else 1
+        spec.stridesp = spec.strides
+    return descr
+
+
+def like_layout(a, dtype, order, shape):
+    """(a, shape, dtype, fortran, perm) for the *_like constructors, NumPy's
+    rules: 'K' keeps a's memory order (C when the number of dimensions
+    changes), 'A' is Fortran for a Fortran-contiguous a."""
+    if not isinstance(a, np.ndarray):
+        a = np.asanyarray(a)
+    if dtype is None:
+        dtype = a.dtype
+    if isinstance(order, str) and len(order) == 1:
+        order = order.upper()
+    if order not in ("C", "F", "A", "K", None):
+        raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
+    if shape is None:
+        shape = a.shape
+        same = True
+    else:
+        try:
+            shape = (operator.index(shape),)
+        except TypeError:
+            shape = tuple(shape)
+        same = len(shape) == a.ndim
+    fortran = a.flags.f_contiguous and not a.flags.c_contiguous
+    if order in ("C", None) or (order == "K" and not same):
+        return a, shape, dtype, False, None
+    if order == "F":
+        return a, shape, dtype, True, None
+    if order == "A" or a.flags.c_contiguous or fortran:
+        return a, shape, dtype, fortran, None
+    # 'K' for a non-contiguous array: largest stride outermost, ties in
+    # axis order, as NumPy does.
+    return a, shape, dtype, False, sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
+
+
 cdef object arrayHandler(object arr):
     """The mem_handler capsule of an ndarray that owns its data, or None."""
     cdef PyObject* h = arrayMemHandler(<PyObject*>arr)
