@@ -31,6 +31,7 @@ cdef class Heap:
     cdef mcache* _peekCache(self) noexcept nogil
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
     cdef Block _tryAlloc(self, Py_ssize_t nbytes, size_t align, bint zero)
+    cdef Block _typedBlock(self, size_t size, size_t align)
     cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0
     cdef object _makeCapsule(self)
     cdef bint _ownsEmpty(self, object obj)

@@ -47,6 +47,7 @@ from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings
 from pyarena._ndarray import like_layout
+from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
 import numpy as np
 
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
@@ -478,6 +479,64 @@ cdef class Heap:
         out = self._like(a, dtype, order, shape, False)
         np.copyto(out, fill_value, casting="unsafe")
         return out
+
+    # -- typed allocation: Go's newobject and newarray -------------------------
+
+    def new(self, t):
+        """One zeroed value of type ``t`` (Go's newobject).
+
+        Parameters
+        ----------
+        t : data-type or ctypes type
+            A NumPy dtype, or anything ``numpy.dtype`` accepts (structured
+            dtypes with nested fields and sub-arrays included); or a ctypes
+            type: a simple type, a ``Structure`` or ``Union`` subclass, an
+            array type, a pointer type.
+
+        Returns
+        -------
+        numpy.ndarray or ctypes instance
+            For a dtype, a 0-d array (``p['x'] = 1.5`` sets a field of a
+            struct); for a ctypes type, an instance of it whose memory lies
+            in this heap (``p.x = 1.5``), kept alive as long as the instance.
+            Aligned as the type asks (``dtype.alignment``,
+            ``ctypes.alignment``). A zero-size type gets the zero-size
+            address.
+
+        Raises
+        ------
+        TypeError
+            A type that holds Python object references (dtype object,
+            ``ctypes.py_object``, structures containing them).
+        """
+        if is_ctypes_type(t):
+            size, align = ctypes_layout(t)
+            return t.from_buffer(self._typedBlock(size, align))
+        return self._arrayIn((), t, False, None, True)
+
+    def newarray(self, t, n):
+        """``n`` zeroed values of type ``t`` (Go's newarray).
+
+        Returns a 1-d array for a dtype, an instance of the ctypes array
+        type ``t * n`` for a ctypes type. ``n == 0`` is allowed. ``n < 0``
+        raises ValueError; ``n * sizeof(t)`` past size_t raises
+        OverflowError, past the address space MemoryError, both with Go's
+        message "allocation size out of range", before any memory is
+        touched. See ``new`` for the types accepted.
+        """
+        if is_ctypes_type(t):
+            size, align = ctypes_layout(t)
+            total = array_bytes(size, n)
+            return (t * n).from_buffer(self._typedBlock(total, align))
+        array_bytes(dtype_itemsize(t), n)
+        return self._arrayIn((operator.index(n),), t, False, None, True)
+
+    cdef Block _typedBlock(self, size_t size, size_t align):
+        if align < 1:
+            align = 1
+        if align > PAGE_SIZE:
+            align = PAGE_SIZE
+        return self._alloc(<Py_ssize_t>size, align, True)
 
     def owns(self, obj):
         """Whether ``obj`` lies in this heap's live memory.
