@@ -26,6 +26,8 @@ from pyarena._heap import (
     zeros, empty, full, zeros_like, empty_like, full_like,
 )
 
+from pyarena._arena import Arena, ArenaStats
+from pyarena import reflect
 from pyarena._numpy_allocator import (
     numpy_allocator, install_numpy_allocator, uninstall_numpy_allocator,
 )
@@ -44,7 +46,7 @@ __all__ = [
     "Block", "Heap", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
     "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
-    "get_include", "release", "stats", "size_class", "size_classes",
+    "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",
 ]

@@ -1,7 +1,7 @@
 # The Python objects of pyarena, and the C-level API on Heap. See _heap.pyx.
 # Other packages cimport Heap through pyarena/__init__.pxd.
 from libc.stdint cimport uint64_t, uintptr_t
-from pyarena._types cimport mheap, mcache
+from pyarena._types cimport mheap, mcache, mspan
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -18,6 +18,10 @@ cdef class Heap:
     cdef pthread_t _tid
     cdef mcache* _tcache
     cdef uint64_t _epoch
+    # Arena chunks given back, kept for the next arena (_arena.pyx).
+    cdef mspan* _chunkPool[4]
+    cdef uintptr_t _chunkDirty[4]
+    cdef int _npool
 
     # The C-level API: C's meanings, any thread, no GIL needed.
     cdef void* malloc(self, size_t size) noexcept nogil
@@ -27,6 +31,7 @@ cdef class Heap:
     cdef size_t usable_size(self, void* p) noexcept nogil
 
     cdef void _destroy(self)
+    cdef void _dropChunkPool(self)
     cdef mcache* _cache(self) except NULL
     cdef mcache* _peekCache(self) noexcept nogil
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)
@@ -42,6 +47,7 @@ cdef class Heap:
 
 cdef class Block:
     cdef readonly Heap heap
+    cdef object _owner         # an arena chunk: the Block frees nothing
     cdef uintptr_t ptr
     cdef Py_ssize_t _nbytes
     cdef size_t _slot

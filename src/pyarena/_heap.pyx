@@ -95,7 +95,7 @@ cdef class Block:
         raise TypeError("Blocks are made by Heap.alloc, not directly")
 
     def __dealloc__(self):
-        if self.ptr != 0 and self._nbytes != 0 and self.heap is not None:
+        if self.ptr != 0 and self._nbytes != 0 and self.heap is not None and self._owner is None:
             # The heap is alive (we hold it) and its mheap too: a heap is
             # destroyed early only when it has no live objects.
             freeObject(self.heap.h, self.heap._peekCache(), self.ptr, self._tiny)
@@ -184,11 +184,19 @@ cdef class Heap:
         cdef mheap* h = self.h
         if h == NULL:
             return
+        self._dropChunkPool()
         self.h = NULL
         self._tcache = NULL
         self._tid = 0
         self._capsule = None
         mheap_unref(h)
+
+    cdef void _dropChunkPool(self):
+        """Give pooled arena chunks back to the page heap."""
+        cdef int i
+        for i in range(self._npool):
+            freeObject(self.h, self._peekCache(), self._chunkPool[i].startAddr, False)
+        self._npool = 0
 
     cdef mcache* _cache(self) except NULL:
         """The calling thread's mcache of this heap (GIL held). The last
@@ -728,6 +736,7 @@ cdef class Heap:
         self._closed = True
         if self.h == NULL:
             return
+        self._dropChunkPool()
         st = self._stats()
         if st.heap_objects == 0:
             import dataclasses

@@ -18,6 +18,7 @@ API. The only object made per call is the array.
 """
 
 cimport cython
+from libc.stdint cimport uintptr_t
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -300,6 +301,29 @@ cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec
             stride *= spec.dims[ax] if spec.dims[ax] else 1
         spec.stridesp = spec.strides
     return descr
+
+
+def wrap_strided(descr, shape, strides, uintptr_t data, owner):
+    """An ndarray over data with explicit strides, owned by owner (its
+    base). For arena arrays laid out by *_like order='K'."""
+    cdef npy_intp dims[MAXDIMS]
+    cdef npy_intp st[MAXDIMS]
+    cdef int nd = len(shape), i
+    cdef int flags = NPY_ARRAY_WRITEABLE
+    for i in range(nd):
+        dims[i] = shape[i]
+        st[i] = strides[i]
+    Py_INCREF(descr)
+    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
+                                              st, <void*>data, flags, NULL)
+    if arr == NULL:
+        propagate()
+    result = <object>arr
+    Py_DECREF(result)
+    Py_INCREF(owner)
+    if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
+        propagate()
+    return result
 
 
 def like_layout(a, dtype, order, shape):
