@@ -126,7 +126,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
     return dict(quick=quick, rounds=rounds, numpy=np.__version__, pyarena=pyarena.__version__,
                 heap_sys=st.heap_sys, cells=cells,
                 c_level=_bench_c.run_c_level(quick, progress),
-                numpy_handler=_bench_c.run_numpy_handler(quick, progress))
+                numpy_handler=_bench_c.run_numpy_handler(quick, progress),
+                arena=_bench_c.run_arena(quick, progress))
 
 
 def _fmt_ns(ns: float) -> str:

@@ -230,4 +230,67 @@ def format_tables(results: dict) -> list[str]:
                 f"  peak RSS: {nh['numpy_rss_kib'] / 1024:.0f} MiB vs "
                 f"{nh['pyarena_rss_kib'] / 1024:.0f} MiB (ratio "
                 f"{nh['pyarena_rss_kib'] / nh['numpy_rss_kib']:.2f})"]
+    if results.get("arena"):
+        out += format_arena(results["arena"])
     return out
+
+
+def run_arena(quick: bool = False, progress: bool = True) -> dict:
+    """Arena values beside heap values and NumPy: ns per zeros(8) and per
+    new(struct) (allocate and keep, in batches of 10,000, the arena freed
+    after each batch), and the time to drop 100,000 values: an arena's
+    (the values, then free()) against a heap's."""
+    import ctypes
+    import time
+
+    import numpy as np
+
+    class Point(ctypes.Structure):
+        _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_double), ("id", ctypes.c_int64)]
+
+    rounds = 5 if quick else 11
+    batch = 10_000
+    u8 = np.dtype(np.uint8)
+    heap = pyarena.Heap()
+    prog = Progress(rounds, progress)
+
+    def timed(make):
+        t0 = time.perf_counter_ns()
+        keep = [make() for _ in range(batch)]
+        t = time.perf_counter_ns() - t0
+        del keep
+        return t / batch
+
+    res = {k: [] for k in ("arena_zeros", "heap_zeros", "numpy_zeros", "arena_new",
+                           "heap_new", "drop_arena", "drop_heap")}
+    for _ in range(rounds):
+        prog.step("arena")
+        a = pyarena.Arena(heap=heap)
+        res["arena_zeros"].append(timed(lambda: a.zeros(8, u8)))
+        res["heap_zeros"].append(timed(lambda: heap.zeros(8, u8)))
+        res["numpy_zeros"].append(timed(lambda: np.zeros(8, u8)))
+        res["arena_new"].append(timed(lambda: a.new(Point)))
+        res["heap_new"].append(timed(lambda: heap.new(Point)))
+        a.free()
+        a = pyarena.Arena(heap=heap)
+        vals = [a.zeros(8, u8) for _ in range(100_000)]
+        t0 = time.perf_counter_ns()
+        del vals
+        a.free()
+        res["drop_arena"].append(time.perf_counter_ns() - t0)
+        vals = [heap.zeros(8, u8) for _ in range(100_000)]
+        t0 = time.perf_counter_ns()
+        del vals
+        res["drop_heap"].append(time.perf_counter_ns() - t0)
+    prog.close()
+    heap.close()
+    return dict(rounds=rounds, **{k: statistics.median(v) for k, v in res.items()})
+
+
+def format_arena(ar: dict) -> list[str]:
+    return ["", f"arenas, median of {ar['rounds']} (ns per value, kept):",
+            f"  zeros(8): Arena {ar['arena_zeros']:.0f}, Heap {ar['heap_zeros']:.0f}, "
+            f"numpy {ar['numpy_zeros']:.0f}  (Arena/numpy {ar['arena_zeros'] / ar['numpy_zeros']:.2f})",
+            f"  new(struct of 24 B): Arena {ar['arena_new']:.0f}, Heap {ar['heap_new']:.0f}",
+            f"  dropping 100,000 values: arena (values + free()) {ar['drop_arena'] / 1e6:.2f} ms, "
+            f"heap {ar['drop_heap'] / 1e6:.2f} ms ({ar['drop_arena'] / ar['drop_heap']:.2f}x)"]

@@ -47,7 +47,7 @@ from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings
 from pyarena._ndarray import like_layout
-from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
+from pyarena._typed import is_ctypes_type, ctypes_layout, ctypes_at, array_bytes, dtype_itemsize
 import numpy as np
 
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
@@ -519,7 +519,7 @@ cdef class Heap:
         """
         if is_ctypes_type(t):
             size, align = ctypes_layout(t)
-            return t.from_buffer(self._typedBlock(size, align))
+            return _ctypesIn(t, self._typedBlock(size, align))
         return self._arrayIn((), t, False, None, True)
 
     def newarray(self, t, n):
@@ -535,7 +535,7 @@ cdef class Heap:
         if is_ctypes_type(t):
             size, align = ctypes_layout(t)
             total = array_bytes(size, n)
-            return (t * n).from_buffer(self._typedBlock(total, align))
+            return _ctypesIn(t * n, self._typedBlock(total, align))
         array_bytes(dtype_itemsize(t), n)
         return self._arrayIn((operator.index(n),), t, False, None, True)
 
@@ -896,6 +896,11 @@ cdef object newHandlerCapsule(mheap* h):
     except BaseException:
         PyMem_RawFree(handler)
         raise
+
+
+cdef object _ctypesIn(object t, Block b):
+    v = ctypes_at(t, b.ptr, b)
+    return v if v is not None else t.from_buffer(b)
 
 
 cdef int _checkDeviceLike(object device, object like) except -1:

@@ -49,11 +49,36 @@ def _check_no_objects(t, seen=()) -> None:
     # A pointer type holds an address, not a reference: allowed.
 
 
+# type -> (size, alignment): checking a structure's fields on every call
+# would cost more than the allocation. Bounded; ctypes itself caches its
+# array types, so the same types come back.
+_layouts: dict = {}
+
+
 def ctypes_layout(t) -> tuple[int, int]:
     """(size, alignment) of a ctypes type, after refusing types that hold
     Python object references."""
-    _check_no_objects(t)
-    return ctypes.sizeof(t), ctypes.alignment(t)
+    got = _layouts.get(t)
+    if got is None:
+        _check_no_objects(t)
+        got = (ctypes.sizeof(t), ctypes.alignment(t))
+        if len(_layouts) >= 4096:
+            _layouts.clear()
+        _layouts[t] = got
+    return got
+
+
+def ctypes_at(t, address: int, owner):
+    """An instance of ctypes type t over memory at address, keeping owner
+    (what holds that memory) alive as long as the instance. from_address
+    plus a reference in the instance's __dict__ is several times cheaper
+    than from_buffer's view; types without a __dict__ use from_buffer."""
+    v = t.from_address(address)
+    try:
+        v.__dict__["_pyarena_memory"] = owner
+    except AttributeError:
+        return None
+    return v
 
 
 def dtype_itemsize(t) -> int:
