@@ -157,9 +157,11 @@ cdef class Heap:
 
     Notes
     -----
-    Allocation and free run with the GIL held. Closing a heap stops
-    allocation; blocks still alive stay valid, and the heap's memory is
-    unmapped when the last of them (and the heap object) is gone.
+    Any number of threads may allocate and free at once, with or without
+    the GIL (see the C-level API in ``pyarena/__init__.pxd``). Closing a
+    heap stops allocation, also through its NumPy handler; blocks and
+    arrays still alive stay valid, and the heap's memory is unmapped when
+    the last of them (and the heap object) is gone.
     """
 
     def __cinit__(self):
@@ -736,6 +738,7 @@ cdef class Heap:
         self._closed = True
         if self.h == NULL:
             return
+        self.h.closed = 1
         self._dropChunkPool()
         st = self._stats()
         if st.heap_objects == 0:
@@ -780,6 +783,8 @@ cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
     cdef mcache* c
     cdef mspan* s
     cdef int cls
+    if h.closed:
+        return 0           # Heap.close(): NumPy's handler stops too
     if size < TINY_SIZE:
         if size == 0:
             return ZEROBASE
@@ -811,10 +816,12 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     cdef void* q
     if p == NULL or <uintptr_t>p == ZEROBASE:
         return <void*>heapMalloc(h, size, False)
-    old = usableSize(h, <uintptr_t>p)
-    if old == 0:
-        reportInvalidFree(h, p, FREE_NOT_ALLOCATED)
-        return NULL        # not a live allocation of ours: refuse
+    cdef uintptr_t start, slot
+    if liveObject(h, <uintptr_t>p, &start, &slot) == NULL or start != <uintptr_t>p:
+        reportInvalidFree(h, p, FREE_NOT_ALLOCATED if liveObject(h, <uintptr_t>p, &start, &slot)
+                          == NULL else FREE_NOT_OBJECT_START)
+        return NULL        # not the start of a live allocation of ours: refuse
+    old = slot
     if size <= old and size > old // 2:
         return p
     q = <void*>heapMalloc(h, size, False)

@@ -15,6 +15,7 @@ pyarena does not report them again.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 from pyarena._heap import Heap, default_heap
@@ -22,8 +23,10 @@ from pyarena._ndarray import get_data_handler, set_data_handler
 
 __all__ = ["numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator"]
 
-# Handlers replaced by install_numpy_allocator, innermost last.
-_saved: list = []
+# Handlers replaced by install_numpy_allocator, innermost last. A context
+# variable, as NumPy's handler is: each thread (and task) has its own.
+_saved: contextvars.ContextVar[tuple] = contextvars.ContextVar("pyarena_saved_handlers",
+                                                                default=())
 
 
 def _handler(heap: Heap | None):
@@ -72,15 +75,19 @@ def install_numpy_allocator(heap: Heap | None = None) -> Heap:
     ``uninstall_numpy_allocator()``; in the calling thread's context (see
     ``numpy_allocator``). Returns the heap."""
     heap = heap if heap is not None else default_heap()
-    _saved.append(set_data_handler(heap.numpy_handler()))
+    _saved.set(_saved.get() + (set_data_handler(heap.numpy_handler()),))
     return heap
 
 
 def uninstall_numpy_allocator() -> None:
-    """Undo the last ``install_numpy_allocator()``; nothing when none is in
-    force."""
-    if _saved:
-        set_data_handler(_saved.pop())
+    """Undo the last ``install_numpy_allocator()`` of this thread (context);
+    nothing when none is in force. Pair it with its install inside any
+    ``numpy_allocator`` block, whose exit restores what was current when it
+    began."""
+    saved = _saved.get()
+    if saved:
+        _saved.set(saved[:-1])
+        set_data_handler(saved[-1])
 
 
 def current_handler_name() -> str:

@@ -240,6 +240,7 @@ cdef struct mheap:
     mheap* regNext                      # the registry of live heaps
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
+    uint8_t closed                      # Heap.close(): no more allocation
     heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
     heapArena* allArenas
     arenaReservation* reservations
