@@ -1340,7 +1340,8 @@ def test_other_thread_allocates_through_handler_after_heap_deleted():
 def test_other_thread_allocates_through_handler_after_heap_closed():
     # close() with no live objects lets go of the mheap, but a zero-size
     # array still holds the heap's handler; resizing it in a thread that
-    # had allocated from the heap must work.
+    # had allocated from the heap must not crash: a closed heap refuses to
+    # allocate (MemoryError from NumPy) and the array stays as it was.
     r = _run_isolated("""
         import gc, threading, numpy as np, pyarena
         h = pyarena.Heap()
@@ -1349,14 +1350,15 @@ def test_other_thread_allocates_through_handler_after_heap_closed():
             z = h.zeros(0)
             b = h.zeros(100); del b
             ready.set(); go.wait()
-            z.resize(3000, refcheck=False)
-            z[:] = 1
-            out['sum'] = float(z.sum())
+            try:
+                z.resize(3000, refcheck=False)
+            except MemoryError:
+                out['refused'] = z.shape
         t = threading.Thread(target=worker); t.start()
         ready.wait()
         h.close()
         go.set(); t.join()
-        assert out['sum'] == 3000.0, out
+        assert out['refused'] == (0,), out
         print("OK")
     """)
     assert r.returncode == 0 and "OK" in r.stdout, (r.returncode, r.stderr[-2000:])
