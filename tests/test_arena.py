@@ -6,8 +6,10 @@ clone, *_like layouts, and a stateful model mixing heap and arena values."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
+import pickle
 
 import numpy as np
 import pytest
@@ -218,6 +220,21 @@ def test_arena_typed_errors(heap):
         with pytest.raises(TypeError):
             a.newarray(t, 3)
     assert (a.stats(), heap.stats().mallocs) == before
+
+
+def test_default_arena_uses_default_heap_and_8_mib_chunks():
+    dh = pyarena.default_heap()
+    with Arena() as a:
+        b = a.alloc(100)
+        assert dh.owns(b.address)
+        edge = a.alloc(2 * MiB)                  # exactly a quarter chunk
+        assert a.owns(edge) and a.stats().large_values == 0
+        big = a.alloc(2 * MiB + 1)
+        assert not a.owns(big) and dh.owns(big.address)
+        assert a.stats().large_values == 1
+        assert a.stats().chunks == 1
+        assert "8 MiB" in repr(a)
+        del b, edge, big
 
 
 # -- chunks and large values ---------------------------------------------------
@@ -624,6 +641,29 @@ def test_clone_ctypes_value_on_default_heap(heap, t):
     assert read(y) == pattern
     ctypes.memset(ctypes.addressof(x), 0, size)
     assert read(y) == pattern
+
+
+def test_arena_ctypes_value_pickles(heap):
+    a = Arena(heap=heap)
+    p = a.new(Point)
+    p.x = 2.5
+    p.y = -4
+    q = pickle.loads(pickle.dumps(p))
+    assert type(q) is Point and (q.x, q.y) == (2.5, -4)
+    r = copy.deepcopy(p)
+    assert (r.x, r.y) == (2.5, -4) and not a.owns(ctypes.addressof(r))
+
+
+def test_copy_of_arena_ctypes_value_is_not_a_live_value(heap):
+    a = Arena(heap=heap)
+    p = a.new(Point)
+    p.x = 1.25
+    q = copy.copy(p)             # own memory, not the arena's
+    assert not a.owns(ctypes.addressof(q))
+    del p
+    assert a.stats().live_values == 0
+    a.free(strict=True)
+    assert a.freed and q.x == 1.25
 
 
 def test_clone_rejects_other_objects(heap):

@@ -6,9 +6,11 @@ types holding Python object references."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import gc
 import os
+import pickle
 import subprocess
 import sys
 
@@ -397,6 +399,72 @@ def test_ctypes_instance_keeps_memory_alive(heap, make):
     gc.collect()
     assert heap.stats().heap_objects == before - 1
     assert not heap.owns(addr)
+
+
+def test_derived_ctypes_objects_keep_memory_alive(heap):
+    # A field of a structure, an element of an array: ctypes objects that
+    # share the parent's memory must keep it alive after the parent's name
+    # is gone.
+    inner = heap.new(Outer).inner
+    elem = heap.newarray(Point, 8)[5]
+    row = heap.new((ctypes.c_uint8 * 4) * 4)[2]
+    inner.tag = 321
+    inner.value = 6.5
+    elem.x = 9.25
+    row[3] = 200
+    gc.collect()
+    junk = [heap.new(Outer) for _ in range(500)] + [heap.newarray(Point, 8) for _ in range(500)]
+    for j in junk:
+        ctypes.memset(ctypes.addressof(j), 0xEE, ctypes.sizeof(j))
+    del junk, j
+    gc.collect()
+    assert (inner.tag, inner.value) == (321, 6.5)
+    assert elem.x == 9.25 and elem.y == 0.0
+    assert list(row) == [0, 0, 0, 200]
+    assert heap.owns(ctypes.addressof(inner)) and heap.owns(ctypes.addressof(elem))
+
+
+class Ints4(ctypes.Array):
+    # a named array type, so that pickle can find it
+    _type_ = ctypes.c_int
+    _length_ = 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda h: h.new(Point),
+    lambda h: h.new(ctypes.c_double),
+    lambda h: h.new(Ints4),
+    lambda h: h.new(Outer),
+    lambda h: reflect.unsafe_New(Point),
+], ids=["struct", "c_double", "array-type", "nested-struct", "reflect"])
+def test_ctypes_value_pickles_and_copies_like_a_plain_instance(heap, make):
+    # An instance of t should behave as one: a plain Point, a from_buffer
+    # Point both pickle and deepcopy; so must a heap Point.
+    p = make(heap)
+    size = ctypes.sizeof(p)
+    pattern = bytes(range(1, size + 1))
+    ctypes.memmove(ctypes.addressof(p), pattern, size)
+    plain = type(p).from_buffer_copy(pattern)
+    assert ctypes.string_at(ctypes.addressof(pickle.loads(pickle.dumps(plain))), size) == pattern
+    for dup in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert type(dup) is type(p)
+        assert ctypes.addressof(dup) != ctypes.addressof(p)
+        assert ctypes.string_at(ctypes.addressof(dup), size) == pattern
+
+
+def test_copy_of_ctypes_value_does_not_pin_heap_memory(heap):
+    p = heap.new(Point)
+    p.x = 4.0
+    addr = ctypes.addressof(p)
+    before = heap.stats().heap_objects
+    q = copy.copy(p)             # a copy in its own (ctypes) memory
+    assert q.x == 4.0 and ctypes.addressof(q) != addr
+    del p
+    gc.collect()
+    # the heap value is gone although its copy lives
+    assert heap.stats().heap_objects == before - 1
+    assert not heap.owns(addr)
+    assert q.x == 4.0
 
 
 def test_new_empty_structure_shares_zerobase(heap):

@@ -41,14 +41,14 @@ import numpy as np
 
 from pyarena._heap import default_heap
 from pyarena._ndarray import like_layout
-from pyarena._typed import is_ctypes_type, ctypes_layout, ctypes_at, array_bytes, dtype_itemsize
+from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
 
 cdef extern from "Python.h":
     Py_ssize_t Py_REFCNT(PyObject* o)
 
 cdef uintptr_t ZEROBASE = zerobaseAddr()
 # The base class of every ctypes instance (not exported by name).
-_CDATA = ctypes.c_int.__mro__[-2]
+_CDATA = next(c for c in ctypes.c_int.__mro__ if c.__name__ == "_CData")
 cdef enum:
     POOL_MAX = 4
 
@@ -350,8 +350,7 @@ cdef class Arena:
             return self.heap.new(t) if not issubclass(t, ctypes.Array) or size == 0 \
                 else self.heap.newarray(t._type_, t._length_)
         ch = self._place(size, align, &p)
-        v = ctypes_at(t, p, ch)
-        return v if v is not None else t.from_buffer(ch, p - ch.base)
+        return t.from_buffer(ch, p - ch.base)
 
     # -- whole-arena operations ---------------------------------------------
 

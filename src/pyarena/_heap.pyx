@@ -47,7 +47,7 @@ from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings
 from pyarena._ndarray import like_layout
-from pyarena._typed import is_ctypes_type, ctypes_layout, ctypes_at, array_bytes, dtype_itemsize
+from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
 import numpy as np
 
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
@@ -542,6 +542,8 @@ cdef class Heap:
         return self._arrayIn((operator.index(n),), t, False, None, True)
 
     cdef Block _typedBlock(self, size_t size, size_t align):
+        if self._closed:
+            raise ValueError("allocation from a closed heap")
         if align < 1:
             align = 1
         if align > PAGE_SIZE:
@@ -906,8 +908,9 @@ cdef object newHandlerCapsule(mheap* h):
 
 
 cdef object _ctypesIn(object t, Block b):
-    v = ctypes_at(t, b.ptr, b)
-    return v if v is not None else t.from_buffer(b)
+    # from_buffer: the value holds a view of the Block, so the memory lives
+    # as long as the value, and copy and pickle treat it as any ctypes value.
+    return t.from_buffer(b)
 
 
 cdef int _checkDeviceLike(object device, object like) except -1:

@@ -68,19 +68,6 @@ def ctypes_layout(t) -> tuple[int, int]:
     return got
 
 
-def ctypes_at(t, address: int, owner):
-    """An instance of ctypes type t over memory at address, keeping owner
-    (what holds that memory) alive as long as the instance. from_address
-    plus a reference in the instance's __dict__ is several times cheaper
-    than from_buffer's view; types without a __dict__ use from_buffer."""
-    v = t.from_address(address)
-    try:
-        v.__dict__["_pyarena_memory"] = owner
-    except AttributeError:
-        return None
-    return v
-
-
 def dtype_itemsize(t) -> int:
     """Itemsize of a dtype argument, refusing object dtypes."""
     d = np.dtype(t)
