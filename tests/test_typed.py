@@ -683,8 +683,10 @@ def test_typed_allocation_from_destroyed_heap_does_not_crash(expr):
             "except ValueError:\n"
             "    print('ValueError')\n")
     env = dict(os.environ)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    # The directory holding the imported pyarena first: the installed one
+    # in CI, the in-place build in development.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyarena.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
