@@ -267,3 +267,12 @@ def ndarray_floor(Py_ssize_t nbytes, object descr, Py_ssize_t reps):
         a = wrapArray(descr, 1, dims, _floorData, False, None)
         del a
     return (time.perf_counter_ns() - t0) / reps
+
+
+def wrap_static(Py_ssize_t nbytes, object descr):
+    """One uint8 ndarray over static memory, per call from Python: the
+    least a Python-callable array constructor can cost (no allocator, no
+    argument parsing beyond this signature)."""
+    cdef npy_intp dims[1]
+    dims[0] = nbytes if nbytes <= (1 << 16) else (1 << 16)
+    return wrapArray(descr, 1, dims, _floorData, False, None)
