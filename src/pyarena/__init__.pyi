@@ -1,10 +1,14 @@
+import ctypes
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal, NamedTuple, SupportsIndex, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, SupportsIndex, TypeAlias, TypeVar, overload
 
+import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 from typing_extensions import Buffer, CapsuleType
 
+from pyarena import reflect as reflect
 from pyarena._mstats import MemStats as MemStats, SizeClassStats as SizeClassStats
 
 __version__: str
@@ -23,6 +27,14 @@ _OrderKACF: TypeAlias = Literal["K", "A", "C", "F", "k", "a", "c", "f"] | None
 # The CPU is the only device; like= is always refused (TypeError), so only
 # None type-checks.
 _Device: TypeAlias = Literal["cpu"] | None
+# A type for new/newarray: a dtype (anything numpy.dtype accepts) or a
+# ctypes type (simple, Structure, Union, array or pointer type). The result
+# is Any: a NumPy array for a dtype, an instance of the ctypes type (or of
+# t * n) for a ctypes type.
+_AllocType: TypeAlias = DTypeLike | type[ctypes._CData]
+_CDataT = TypeVar("_CDataT", bound=ctypes._CData)
+_ShapeT = TypeVar("_ShapeT", bound=tuple[int, ...])
+_DTypeT = TypeVar("_DTypeT", bound=np.dtype[Any])
 
 class SizeClass(NamedTuple):
     size_class: int
@@ -111,6 +123,8 @@ class Heap:
         *,
         device: _Device = ...,
     ) -> NDArray[Any]: ...
+    def new(self, t: _AllocType) -> Any: ...
+    def newarray(self, t: _AllocType, n: SupportsIndex) -> Any: ...
     def numpy_handler(self) -> CapsuleType: ...
     def owns(self, obj: int | Block | Buffer) -> bool: ...
     def stats(self) -> MemStats: ...
@@ -119,6 +133,95 @@ class Heap:
     @property
     def closed(self) -> bool: ...
     def __enter__(self) -> Heap: ...
+    def __exit__(self, *exc: object) -> Literal[False]: ...
+
+@dataclass(frozen=True, slots=True)
+class ArenaStats:
+    bytes_allocated: int
+    chunks: int
+    bytes_mapped: int
+    chunks_reused: int
+    large_values: int
+    live_values: int
+
+class Arena:
+    def __init__(self, chunk_size: int = ..., heap: Heap | None = ...) -> None: ...
+    def alloc(self, nbytes: int, *, zero: bool = ..., align: int | None = ...) -> Block: ...
+    def zeros(
+        self,
+        shape: _ShapeLike,
+        dtype: DTypeLike = ...,
+        order: _OrderCF = ...,
+        *,
+        device: _Device = ...,
+        like: None = ...,
+    ) -> NDArray[Any]: ...
+    def empty(
+        self,
+        shape: _ShapeLike,
+        dtype: DTypeLike = ...,
+        order: _OrderCF = ...,
+        *,
+        device: _Device = ...,
+        like: None = ...,
+    ) -> NDArray[Any]: ...
+    def full(
+        self,
+        shape: _ShapeLike,
+        fill_value: Any,
+        dtype: DTypeLike = ...,
+        order: _OrderCF = ...,
+        *,
+        device: _Device = ...,
+        like: None = ...,
+    ) -> NDArray[Any]: ...
+    def zeros_like(
+        self,
+        a: ArrayLike,
+        dtype: DTypeLike = ...,
+        order: _OrderKACF = ...,
+        subok: bool = ...,
+        shape: _ShapeLike | None = ...,
+        *,
+        device: _Device = ...,
+    ) -> NDArray[Any]: ...
+    def empty_like(
+        self,
+        a: ArrayLike,
+        dtype: DTypeLike = ...,
+        order: _OrderKACF = ...,
+        subok: bool = ...,
+        shape: _ShapeLike | None = ...,
+        *,
+        device: _Device = ...,
+    ) -> NDArray[Any]: ...
+    def full_like(
+        self,
+        a: ArrayLike,
+        fill_value: Any,
+        dtype: DTypeLike = ...,
+        order: _OrderKACF = ...,
+        subok: bool = ...,
+        shape: _ShapeLike | None = ...,
+        *,
+        device: _Device = ...,
+    ) -> NDArray[Any]: ...
+    def new(self, t: _AllocType) -> Any: ...
+    def newarray(self, t: _AllocType, n: SupportsIndex) -> Any: ...
+    def owns(self, obj: int | Block | Buffer | ArrayLike) -> bool: ...
+    def stats(self) -> ArenaStats: ...
+    def free(self, *, strict: bool = ...) -> None: ...
+    @property
+    def freed(self) -> bool: ...
+    # A copy on the default heap: an array (always a plain ndarray), a
+    # Block, or an instance of the same ctypes type.
+    @overload
+    def clone(self, x: np.ndarray[_ShapeT, _DTypeT]) -> np.ndarray[_ShapeT, _DTypeT]: ...
+    @overload
+    def clone(self, x: Block) -> Block: ...
+    @overload
+    def clone(self, x: _CDataT) -> _CDataT: ...
+    def __enter__(self) -> Arena: ...
     def __exit__(self, *exc: object) -> Literal[False]: ...
 
 def default_heap() -> Heap: ...

@@ -30,7 +30,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from pyarena._types cimport mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT
 from pyarena._heap cimport Heap, Block
-from pyarena._malloc cimport (mallocLarge, freeObject, memclrNoHeapPointersChunked, zerobaseAddr)
+from pyarena._malloc cimport mallocLarge, freeObject, zerobaseAddr
 from pyarena._mheap cimport nextDirtyPage, nextCleanPage
 from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, allocFailed
 
@@ -124,16 +124,19 @@ cdef class _Chunk:
         a = self.mapped
         if upto <= a:
             return 0
+        # Cleared with the GIL held (at most a quarter chunk at a time):
+        # releasing it would let another thread bump-allocate from this
+        # chunk, inside the range being cleared.
         if a < self.dirtyEnd:
             stop = upto if upto < self.dirtyEnd else self.dirtyEnd
-            memclrNoHeapPointersChunked(<char*>a, stop - a)
+            memset(<void*>a, 0, stop - a)
             a = stop
         while a < upto:
             a = nextDirtyPage(self.heap.h, a, upto)
             if a >= upto:
                 break
             b = nextCleanPage(self.heap.h, a, upto)
-            memclrNoHeapPointersChunked(<char*>a, b - a)
+            memset(<void*>a, 0, b - a)
             a = b
         self.mapped = upto
         return 0
@@ -247,7 +250,8 @@ cdef class Arena:
 
     def alloc(self, Py_ssize_t nbytes, *, bint zero=True, align=None):
         """A Block of ``nbytes`` from the arena (see ``Heap.alloc``); always
-        zeroed. Its memory stays valid while the Block lives."""
+        zeroed, whatever ``zero`` says. Its memory stays valid while the
+        Block lives."""
         cdef uintptr_t p
         cdef size_t a = 16 if nbytes >= 16 else 8
         if nbytes < 0:
@@ -261,7 +265,7 @@ cdef class Arena:
         if nbytes == 0 or self._isLarge(nbytes):
             if nbytes:
                 self.large += 1
-            return self.heap.alloc(nbytes, zero=zero, align=align)
+            return self.heap.alloc(nbytes, zero=True, align=align)
         ch = self._place(nbytes, a, &p)
         b = Block.__new__(Block)
         (<Block>b).heap = self.heap
@@ -293,14 +297,17 @@ cdef class Arena:
 
     def zeros(self, shape, dtype=float, order="C", *, device=None, like=None):
         """``numpy.zeros`` in the arena (see ``Heap.zeros``)."""
+        _deviceLike(device, like)
         return self._arrayIn(shape, dtype, _fortran(order), None)
 
     def empty(self, shape, dtype=float, order="C", *, device=None, like=None):
         """``numpy.empty`` in the arena: arena memory always reads as zero."""
+        _deviceLike(device, like)
         return self._arrayIn(shape, dtype, _fortran(order), None)
 
     def full(self, shape, fill_value, dtype=None, order="C", *, device=None, like=None):
         """``numpy.full`` in the arena."""
+        _deviceLike(device, like)
         if dtype is None:
             dtype = np.array(fill_value).dtype
         a = self._arrayIn(shape, dtype, _fortran(order), None)
@@ -309,6 +316,7 @@ cdef class Arena:
 
     def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """``numpy.zeros_like`` in the arena."""
+        _deviceLike(device, None)
         a, shape, dtype, fortran, perm = like_layout(a, dtype, order, shape)
         return self._arrayIn(shape, dtype, fortran, perm)
 
@@ -450,13 +458,23 @@ cdef class Arena:
 
     def __repr__(self):
         state = "freed" if self.freed else f"{len(self.chunks)} chunks"
-        return f"<pyarena.Arena {state}, {self.chunkSize >> 20} MiB chunks>"
+        size = f"{self.chunkSize >> 20} MiB" if self.chunkSize >= (1 << 20) \
+            else f"{self.chunkSize >> 10} KiB"
+        return f"<pyarena.Arena {state} of {size}>"
 
 
 cdef object _stridedArray(object descr, arraySpec* spec, uintptr_t p, _Chunk ch):
     from pyarena._ndarray import wrap_strided
     return wrap_strided(descr, tuple([spec.dims[i] for i in range(spec.nd)]),
                         tuple([spec.strides[i] for i in range(spec.nd)]), p, ch)
+
+
+cdef int _deviceLike(object device, object like) except -1:
+    if device is not None and device != "cpu":
+        raise ValueError(f"Device not understood. Only \"cpu\" is allowed, but received: {device}")
+    if like is not None:
+        raise TypeError("pyarena makes numpy arrays from its memory; like= is not supported")
+    return 0
 
 
 cdef bint _fortran(object order) except -1:

@@ -725,6 +725,7 @@ cdef class Heap:
         """
         if self.h == NULL:
             return 0
+        self._dropChunkPool()      # arena chunks kept for reuse are free memory too
         return scavengeAll(self.h)
 
     def close(self):
