@@ -859,3 +859,50 @@ class ArenaMachine(RuleBasedStateMachine):
 ArenaMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=40,
                                           deadline=None)
 TestArenaMachine = ArenaMachine.TestCase
+
+
+def test_two_threads_sharing_an_arena_do_not_clear_each_others_values():
+    # A big value's page clearing must not run while another thread bump
+    # allocates from the same chunk (it used to release the GIL mid-clear).
+    import threading
+    heap = pyarena.Heap()
+    bad = 0
+    for _ in range(15):
+        with pyarena.Arena(heap=heap) as dirty:
+            for _ in range(4):
+                dirty.zeros(2 << 20, "u1")[:] = 0xFF      # leave dirty chunks pooled
+        ar = pyarena.Arena(heap=heap)
+        ar.alloc(8)
+        go = threading.Event()
+        smalls = []
+
+        def big():
+            go.wait()
+            for _ in range(3):
+                ar.alloc(1_900_000)
+
+        def small():
+            go.wait()
+            for _ in range(5000):
+                b = ar.alloc(64)
+                memoryview(b)[:] = b"\xab" * 64
+                smalls.append(b)
+
+        ts = [threading.Thread(target=f) for f in (big, small)]
+        for t in ts:
+            t.start()
+        go.set()
+        for t in ts:
+            t.join()
+        bad += sum(bytes(b) != b"\xab" * 64 for b in smalls)
+        ar.free()
+    assert bad == 0
+
+
+def test_large_arena_block_reads_zero_even_with_zero_false():
+    h = pyarena.Heap()
+    x = h.zeros(3 << 20, "u1")
+    x[:] = 255
+    del x
+    b = pyarena.Arena(heap=h).alloc(3 << 20, zero=False)
+    assert not any(memoryview(b))
