@@ -241,10 +241,36 @@ def test_small_span_returns_its_pages_when_all_slots_die(heap):
         check_heap(heap)
     before = heap.stats().heap_inuse
     bs[7] = None
+    # The first span of a class to empty is kept as the class's spare
+    # (swept, nothing allocated), so the next span it needs costs no trip
+    # to the page heap.
+    s = span_of(heap, first["start"])
+    assert s["list"] == "spare" and s["alloc_count"] == 0 and s["nfreed"] == 0
+    # A span with no object is idle in MemStats (Go's HeapInuse rule).
+    assert heap.stats().heap_inuse == before - PAGE_SIZE
+    check_heap(heap)
+    # release() gives spares back with the other free pages.
+    heap.release()
     assert span_of(heap, first["start"]) is None
     assert heap.stats().heap_inuse == before - PAGE_SIZE
     run = [r for r in free_runs(heap) if r[0] <= first["start"] < r[0] + pages(r[1])]
-    assert len(run) == 1 and run[0][2] == 0, "the freed page is dirty"
+    assert len(run) == 1 and run[0][2] == run[0][1], "released pages read as zero"
+    check_heap(heap)
+
+
+def test_a_second_empty_span_goes_back_to_the_page_heap(heap):
+    # With the spare slot taken, an emptied span returns its pages at once.
+    spans = []
+    for _ in range(3):
+        bs = [heap.alloc(1024) for _ in range(8)]
+        spans.append((span_of(heap, bs[0].address)["start"], bs))
+    heap.alloc(1024)                     # the cache moves on from the third
+    before = heap.stats().heap_inuse
+    for start, bs in spans[:2]:
+        bs.clear()
+    kinds = sorted((span_of(heap, st) or {}).get("list") or "released" for st, _ in spans[:2])
+    assert kinds == ["released", "spare"]
+    assert heap.stats().heap_inuse == before - 2 * PAGE_SIZE
     check_heap(heap)
 
 
@@ -328,16 +354,17 @@ def test_unreleased_dirty_pages_are_cleared_for_zeroed_large_allocation(heap):
 
 
 def test_released_pages_read_zero_for_small_spans(heap):
-    # Class of 1024 B, 8 per page. Fill and free a whole span so that its
-    # page goes back to the page heap, dirty.
+    # Class of 1024 B, 8 per page. Fill and free a whole span: it becomes
+    # the class's spare, and release() gives its page back to the OS.
     bs = [heap.alloc(1024) for _ in range(9)]
     for x in bs:
         fill(x, 0xC3)
     del x
     page = span_of(heap, bs[0].address)["start"]
     del bs[:8]
-    assert span_of(heap, page) is None
+    assert span_of(heap, page)["list"] == "spare"
     assert heap.release() >= PAGE_SIZE
+    assert span_of(heap, page) is None
     check_heap(heap)
     # Allocate without asking for zeroes until the page comes back.
     got = []

@@ -35,6 +35,7 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SM
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
 from pyarena._mcache cimport getmcache, peekmcache
+from pyarena._mcentral cimport releaseSpares
 from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
@@ -672,7 +673,8 @@ cdef class Heap:
         for i in range(NUM_SIZE_CLASSES):
             m += mallocs[i]
             f += frees[i]
-        cdef uint64_t mapped = h.pagesMapped, inuse = h.pagesInUse
+        cdef uint64_t mapped = h.pagesMapped
+        cdef uint64_t inuse = h.pagesInUse - pa_load64(&h.pagesSpare)
         cdef uint64_t released = h.pagesReleased
         cdef uint64_t meta = h.persistent.sys + sizeof(mheap)
         cdef uint64_t chunks = h.persistent.nchunks
@@ -726,6 +728,7 @@ cdef class Heap:
         if self.h == NULL:
             return 0
         self._dropChunkPool()      # arena chunks kept for reuse are free memory too
+        releaseSpares(self.h)      # and so are the classes' spare spans
         return scavengeAll(self.h)
 
     def close(self):
@@ -743,6 +746,7 @@ cdef class Heap:
             return
         self.h.closed = 1
         self._dropChunkPool()
+        releaseSpares(self.h)
         st = self._stats()
         if st.heap_objects == 0:
             import dataclasses

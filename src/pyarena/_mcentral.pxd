@@ -3,6 +3,7 @@ from pyarena._types cimport mheap, mspan, pa_or64, pa_add32, pa_load8, pa_load64
 
 cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil
 cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil
+cdef void releaseSpares(mheap* h) noexcept nogil
 cdef void freedUncached(mheap* h, mspan* s, int sizeclass) noexcept nogil
 
 

@@ -18,7 +18,8 @@ Every function here takes the class's lock (see "Locking" in _types.pxd).
 """
 
 from libc.stdint cimport int32_t
-from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull, mSpanInUse,
+from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull, inSpare,
+                             mSpanInUse, NUM_SIZE_CLASSES,
                              pyarena_class_to_allocnpages, pa_lock, pa_unlock, pa_load32,
                              pa_load8, pa_store8, pa_add64)
 from pyarena._mspan cimport sweep, spanListPush, spanListAppend, spanListRemove
@@ -44,6 +45,11 @@ cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil:
         # Its frees were still in flight (bit set, count not yet landed):
         # the span is full for now; the count's arrival moves it back.
         spanListPush(&c.full, s, inFull)
+    if s == NULL and c.spare != NULL:
+        s = c.spare
+        c.spare = NULL
+        s.list = inNoList
+        pa_add64(&h.pagesSpare, -s.npages)
     if s == NULL:
         s = allocSpan(h, pyarena_class_to_allocnpages[sizeclass], sizeclass)
         if s == NULL:
@@ -56,9 +62,36 @@ cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil:
 
 
 cdef inline void releaseEmpty(mheap* h, mcentral* c, mspan* s) noexcept nogil:
-    # Under c.lock; freeSpan takes the heap lock (central -> heap).
+    # Under c.lock; freeSpan takes the heap lock (central -> heap). Every
+    # free into s has landed (its bit is set before it is counted), so a
+    # sweep leaves it with nothing allocated.
+    if c.spare == NULL:
+        sweep(s)
+        s.list = inSpare
+        c.spare = s
+        pa_add64(&h.pagesSpare, s.npages)
+        return
     c.nspans -= 1
     freeSpan(h, s)
+
+
+cdef void releaseSpares(mheap* h) noexcept nogil:
+    """Give every class's spare span back to the page heap (before pages
+    are released to the OS)."""
+    cdef int i
+    cdef mcentral* c
+    cdef mspan* s
+    for i in range(1, NUM_SIZE_CLASSES):
+        c = &h.central[i]
+        pa_lock(&c.lock)
+        s = c.spare
+        if s != NULL:
+            c.spare = NULL
+            s.list = inNoList
+            pa_add64(&h.pagesSpare, -s.npages)
+            c.nspans -= 1
+            freeSpan(h, s)
+        pa_unlock(&c.lock)
 
 
 cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:

@@ -8,7 +8,7 @@ and the invariants of each layer instead of guessing from outside.
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanDead, mSpanInUse,
-                             mSpanFree, inNoList, inPartial, inFull, inFreePages,
+                             mSpanFree, inNoList, inPartial, inFull, inFreePages, inSpare,
                              PAGE_SHIFT, PAGE_SIZE, PAGES_PER_ARENA, NUM_SIZE_CLASSES,
                              MAX_FREE_LIST_PAGES, BITMAP_WORDS, TINY_SIZE_CLASS,
                              pyarena_class_to_allocnpages)
@@ -19,7 +19,8 @@ from pyarena._persistentalloc cimport inPersistentAlloc
 from pyarena._heap cimport Heap, Block
 
 STATES = {mSpanDead: "dead", mSpanInUse: "inuse", mSpanFree: "free"}
-LISTS = {inNoList: None, inPartial: "partial", inFull: "full", inFreePages: "free"}
+LISTS = {inNoList: None, inPartial: "partial", inFull: "full", inFreePages: "free",
+         inSpare: "spare"}
 
 
 cdef object bits(uint64_t* words, unsigned int n):
@@ -163,6 +164,10 @@ def check_heap(Heap heap):
         if s.sizeclass:
             d = spanDict(s)
             check_span(d)
+            if s.list == inSpare:
+                assert h.central[s.sizeclass].spare == s and s.allocCount == 0 \
+                    and s.nfreed == 0 and not s.incache, "a spare span is not empty"
+                continue
             assert s.allocCount > s.nfreed + s.nfreedLocal or s.incache, "an empty span is kept"
             if not s.incache:
                 assert s.nfreedLocal == 0, "an uncached span holds local frees"

@@ -112,6 +112,7 @@ cdef enum spanList:
     inPartial = 1
     inFull = 2
     inFreePages = 3
+    inSpare = 4       # mcentral.spare: empty, swept, kept for reuse
 
 
 cdef struct mheap
@@ -201,6 +202,10 @@ cdef struct mcentral:
     uint8_t sizeclass
     mSpanList partial         # spans with a free slot (swept or not)
     mSpanList full            # spans without
+    mspan* spare              # one empty span kept instead of freed, so a
+                              # class whose spans hold one or two objects
+                              # (8 KiB and up) does not go through the page
+                              # heap on every allocation
     uint64_t nspans
 
 
@@ -262,6 +267,9 @@ cdef struct mheap:
     uint64_t pagesMapped      # heap_sys
     uint64_t pagesInUse       # heap_inuse
     uint64_t pagesReleased    # heap_released (free pages reading zero)
+    uint64_t pagesSpare       # in spare spans (mcentral.spare): in use for
+                              # the page heap, idle for MemStats, as Go
+                              # counts a span with no object (atomic)
     uint64_t nfree[NUM_SIZE_CLASSES]    # frees by threads without a cache (atomic)
     uint64_t freedBytes
     uint64_t retiredMalloc[NUM_SIZE_CLASSES]  # counts of ended threads
