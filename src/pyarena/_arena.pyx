@@ -32,7 +32,7 @@ from pyarena._types cimport mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT
 from pyarena._heap cimport Heap, Block
 from pyarena._malloc cimport mallocLarge, freeObject, zerobaseAddr
 from pyarena._mheap cimport nextDirtyPage, nextCleanPage
-from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, allocFailed
+from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, allocFailed, checkDeviceLike
 
 import ctypes
 from dataclasses import dataclass
@@ -289,25 +289,21 @@ cdef class Arena:
             self.large += 1
             return self.heap._arrayIn(shape, dtype, fortran, perm, True)
         ch = self._place(spec.nbytes, spec.align, &p)
-        if spec.stridesp != NULL:
-            # wrapArray takes C/F order only; strided layouts go through the
-            # heap's path with this chunk as owner.
-            return _stridedArray(descr, &spec, p, ch)
-        return wrapArray(descr, spec.nd, spec.dims, <void*>p, fortran, ch)
+        return wrapArray(descr, spec.nd, spec.dims, <void*>p, fortran, ch, spec.stridesp)
 
     def zeros(self, shape, dtype=float, order="C", *, device=None, like=None):
         """``numpy.zeros`` in the arena (see ``Heap.zeros``)."""
-        _deviceLike(device, like)
+        checkDeviceLike(device, like)
         return self._arrayIn(shape, dtype, _fortran(order), None)
 
     def empty(self, shape, dtype=float, order="C", *, device=None, like=None):
         """``numpy.empty`` in the arena: arena memory always reads as zero."""
-        _deviceLike(device, like)
+        checkDeviceLike(device, like)
         return self._arrayIn(shape, dtype, _fortran(order), None)
 
     def full(self, shape, fill_value, dtype=None, order="C", *, device=None, like=None):
         """``numpy.full`` in the arena."""
-        _deviceLike(device, like)
+        checkDeviceLike(device, like)
         if dtype is None:
             dtype = np.array(fill_value).dtype
         a = self._arrayIn(shape, dtype, _fortran(order), None)
@@ -316,7 +312,7 @@ cdef class Arena:
 
     def zeros_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """``numpy.zeros_like`` in the arena."""
-        _deviceLike(device, None)
+        checkDeviceLike(device, None)
         a, shape, dtype, fortran, perm = like_layout(a, dtype, order, shape)
         return self._arrayIn(shape, dtype, fortran, perm)
 
@@ -461,20 +457,6 @@ cdef class Arena:
         size = f"{self.chunkSize >> 20} MiB" if self.chunkSize >= (1 << 20) \
             else f"{self.chunkSize >> 10} KiB"
         return f"<pyarena.Arena {state} of {size}>"
-
-
-cdef object _stridedArray(object descr, arraySpec* spec, uintptr_t p, _Chunk ch):
-    from pyarena._ndarray import wrap_strided
-    return wrap_strided(descr, tuple([spec.dims[i] for i in range(spec.nd)]),
-                        tuple([spec.strides[i] for i in range(spec.nd)]), p, ch)
-
-
-cdef int _deviceLike(object device, object like) except -1:
-    if device is not None and device != "cpu":
-        raise ValueError(f"Device not understood. Only \"cpu\" is allowed, but received: {device}")
-    if like is not None:
-        raise TypeError("pyarena makes numpy arrays from its memory; like= is not supported")
-    return 0
 
 
 cdef bint _fortran(object order) except -1:

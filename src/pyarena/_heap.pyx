@@ -43,7 +43,8 @@ from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, arraySpec, arrayLayout, descrOf, parseShape,
                                arrayNbytes, parseOrder,
                                wrapOwned, descrAlignment, descrItemsize, allocFailed,
-                               expandSubarray, PyDataMem_Handler, arrayHandler)
+                               expandSubarray, PyDataMem_Handler, arrayHandler,
+                               checkDeviceLike)
 from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings
@@ -432,7 +433,7 @@ cdef class Heap:
         numpy.zeros, empty, full, zeros_like
         """
         if device is not None or like is not None:
-            _checkDeviceLike(device, like)
+            checkDeviceLike(device, like)
         return self._array(shape, dtype, order, True)
 
     def empty(self, shape, dtype=float, order="C", *, device=None, like=None):
@@ -443,7 +444,7 @@ cdef class Heap:
         holds whatever was there.
         """
         if device is not None or like is not None:
-            _checkDeviceLike(device, like)
+            checkDeviceLike(device, like)
         return self._array(shape, dtype, order, False)
 
     def full(self, shape, fill_value, dtype=None, order="C", *, device=None, like=None):
@@ -452,7 +453,7 @@ cdef class Heap:
         ``dtype=None`` takes the dtype of ``numpy.array(fill_value)``.
         """
         if device is not None or like is not None:
-            _checkDeviceLike(device, like)
+            checkDeviceLike(device, like)
         if dtype is None:
             dtype = np.array(fill_value).dtype
         a = self._array(shape, dtype, order, False)
@@ -473,20 +474,20 @@ cdef class Heap:
         could not be guaranteed to keep the heap memory.
         """
         if device is not None:
-            _checkDeviceLike(device, None)
+            checkDeviceLike(device, None)
         return self._like(a, dtype, order, shape, True)
 
     def empty_like(self, a, dtype=None, order="K", subok=True, shape=None, *, device=None):
         """``zeros_like`` without initialising the entries (``numpy.empty_like``)."""
         if device is not None:
-            _checkDeviceLike(device, None)
+            checkDeviceLike(device, None)
         return self._like(a, dtype, order, shape, False)
 
     def full_like(self, a, fill_value, dtype=None, order="K", subok=True, shape=None, *,
                   device=None):
         """An array like ``a`` filled with ``fill_value`` (``numpy.full_like``)."""
         if device is not None:
-            _checkDeviceLike(device, None)
+            checkDeviceLike(device, None)
         out = self._like(a, dtype, order, shape, False)
         np.copyto(out, fill_value, casting="unsafe")
         return out
@@ -918,16 +919,6 @@ cdef object _ctypesIn(object t, Block b):
     return t.from_buffer(b)
 
 
-cdef int _checkDeviceLike(object device, object like) except -1:
-    """NumPy 2's device= and like= keywords: the CPU is the only device,
-    and like= (dispatch to another array library) cannot give heap memory."""
-    if device is not None and device != "cpu":
-        raise ValueError(f"Device not understood. Only \"cpu\" is allowed, but received: {device}")
-    if like is not None:
-        raise TypeError("pyarena makes numpy arrays from its heap; like= is not supported")
-    return 0
-
-
 cdef size_t _checkAlign(object align) except 0:
     if not isinstance(align, int):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
@@ -985,7 +976,7 @@ def zeros(shape, dtype=float, order="C", *, device=None, like=None):
 
 ``default_heap().zeros(...)``: see ``Heap.zeros``."""
     if device is not None or like is not None:
-        _checkDeviceLike(device, like)
+        checkDeviceLike(device, like)
     return _heap()._array(shape, dtype, order, True)
 
 
@@ -996,7 +987,7 @@ def empty(shape, dtype=float, order="C", *, device=None, like=None):
 
 ``default_heap().empty(...)``: see ``Heap.empty``."""
     if device is not None or like is not None:
-        _checkDeviceLike(device, like)
+        checkDeviceLike(device, like)
     return _heap()._array(shape, dtype, order, False)
 
 
@@ -1008,14 +999,14 @@ def full(shape, fill_value, dtype=None, order="C", *, device=None, like=None):
 def zeros_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().zeros_like(...)``: see ``Heap.zeros_like``."""
     if device is not None:
-        _checkDeviceLike(device, None)
+        checkDeviceLike(device, None)
     return _heap()._like(a, dtype, order, shape, True)
 
 
 def empty_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().empty_like(...)``: see ``Heap.empty_like``."""
     if device is not None:
-        _checkDeviceLike(device, None)
+        checkDeviceLike(device, None)
     return _heap()._like(a, dtype, order, shape, False)
 
 

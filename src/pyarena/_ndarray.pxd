@@ -52,7 +52,8 @@ cdef inline int parseShape(object shape, npy_intp* dims) except -1:
     return parseShapeSlow(shape, dims)
 cdef Py_ssize_t arrayNbytes(int nd, npy_intp* dims, Py_ssize_t itemsize) except -1
 cdef int parseOrder(object order) except -1
-cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran, object owner)
+cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran, object owner, npy_intp* strides=*)
+cdef int checkDeviceLike(object device, object like) except -1
 cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data, bint fortran, object capsule)
 cdef size_t descrAlignment(object descr) except 0
 cdef Py_ssize_t descrItemsize(object descr) noexcept

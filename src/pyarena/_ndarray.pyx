@@ -237,23 +237,24 @@ cdef Py_ssize_t descrItemsize(object descr) noexcept:
 
 
 cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran,
-                      object owner):
-    """A writable ndarray over data, owned by owner (its .base)."""
+                      object owner, npy_intp* strides=NULL):
+    """A writable ndarray over data, owned by owner (its .base; None for
+    none). strides NULL: C or Fortran order as fortran says."""
     cdef int flags = NPY_ARRAY_WRITEABLE
     if fortran:
         flags |= NPY_ARRAY_F_CONTIGUOUS
     Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
     cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
-                                              NULL, data, flags, NULL)
+                                              strides, data, flags, NULL)
     if arr == NULL:
-        raise MemoryError("cannot create the array object")
+        propagate()
+    cdef object result = <object>arr
+    Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
     if owner is not None:
         Py_INCREF(owner)        # PyArray_SetBaseObject steals it
         if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
-            Py_DECREF(<object>arr)
-            raise MemoryError("cannot set the array's base")
-    cdef object result = <object>arr
-    Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
+            Py_DECREF(owner)
+            propagate()
     return result
 
 
@@ -303,29 +304,6 @@ cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec
     return descr
 
 
-def wrap_strided(descr, shape, strides, uintptr_t data, owner):
-    """An ndarray over data with explicit strides, owned by owner (its
-    base). For arena arrays laid out by *_like order='K'."""
-    cdef npy_intp dims[MAXDIMS]
-    cdef npy_intp st[MAXDIMS]
-    cdef int nd = len(shape), i
-    cdef int flags = NPY_ARRAY_WRITEABLE
-    for i in range(nd):
-        dims[i] = shape[i]
-        st[i] = strides[i]
-    Py_INCREF(descr)
-    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
-                                              st, <void*>data, flags, NULL)
-    if arr == NULL:
-        propagate()
-    result = <object>arr
-    Py_DECREF(result)
-    Py_INCREF(owner)
-    if PyArray_SetBaseObject(arr, <PyObject*>owner) < 0:
-        propagate()
-    return result
-
-
 def like_layout(a, dtype, order, shape):
     """(a, shape, dtype, fortran, perm) for the *_like constructors, NumPy's
     rules: 'K' keeps a's memory order (C when the number of dimensions
@@ -357,6 +335,17 @@ def like_layout(a, dtype, order, shape):
     # 'K' for a non-contiguous array: largest stride outermost, ties in
     # axis order, as NumPy does.
     return a, shape, dtype, False, sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
+
+
+cdef int checkDeviceLike(object device, object like) except -1:
+    """NumPy 2's device= and like= keywords: the CPU is the only device,
+    and like= (dispatch to another array library) cannot give pyarena
+    memory."""
+    if device is not None and device != "cpu":
+        raise ValueError(f"Device not understood. Only \"cpu\" is allowed, but received: {device}")
+    if like is not None:
+        raise TypeError("pyarena makes numpy arrays from its memory; like= is not supported")
+    return 0
 
 
 cdef object arrayHandler(object arr):
