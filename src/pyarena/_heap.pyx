@@ -25,6 +25,11 @@ of threads; see "Locking" in _types.pxd.
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo, PyObject_GetBuffer, PyBuffer_Release
 from cpython.buffer cimport PyBUF_RECORDS_RO
+from cpython.object cimport PyObject
+from cpython.exc cimport PyErr_Clear
+
+cdef extern from "Python.h":
+    Py_ssize_t PY_SSIZE_T_MAX
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memcpy, strncpy
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
@@ -41,6 +46,8 @@ from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
                               FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, arraySpec, arrayLayout, descrOf, parseShape,
+                               descrCache, theDescrCache, parseOrderFast,
+                               PyLong_CheckExact, PyLong_AsSsize_t_unchecked,
                                arrayNbytes, parseOrder,
                                wrapOwned, descrAlignment, descrItemsize, allocFailed,
                                expandSubarray, PyDataMem_Handler, arrayHandler,
@@ -55,6 +62,9 @@ import numpy as np
 # Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
 # request past it cannot be satisfied whatever the machine.
 cdef size_t MAX_ALLOC = (<size_t>1) << (ADDR_BITS - 1)
+
+# The dtype cache of _ndarray, read inline by _arrayIn.
+cdef descrCache* DESCR_CACHE = theDescrCache()
 
 # The zero-size address (_malloc.zerobase), read once: the free paths
 # compare every pointer with it.
@@ -368,14 +378,32 @@ cdef class Heap:
     # -- the NumPy face ----------------------------------------------------
 
     cdef object _array(self, object shape, object dtype, object order, bint zero):
-        return self._arrayIn(shape, dtype, parseOrder(order), None, zero)
+        return self._arrayIn(shape, dtype, parseOrderFast(order), None, zero)
 
     cdef object _arrayIn(self, object shape, object dtype, bint fortran, object perm, bint zero):
-        """A new array owning heap memory, laid out as arrayLayout says."""
+        """A new array owning heap memory, laid out as arrayLayout says; the
+        commonest call, an int shape with the dtype of the call before, is
+        read inline."""
         cdef arraySpec spec
         cdef int cls
         cdef uintptr_t p
-        descr = arrayLayout(shape, dtype, perm, &spec)
+        cdef Py_ssize_t n
+        cdef descrCache* dc = DESCR_CACHE
+        descr = None
+        if perm is None and <PyObject*>dtype == dc.key and not dc.hassub \
+                and PyLong_CheckExact(shape):
+            n = PyLong_AsSsize_t_unchecked(shape)
+            if n >= 0 and (dc.itemsize == 0 or n <= PY_SSIZE_T_MAX // dc.itemsize):
+                descr = <object>dc.descr
+                spec.nd = 1
+                spec.dims[0] = n
+                spec.nbytes = n * dc.itemsize
+                spec.align = dc.align
+                spec.stridesp = NULL
+            elif n == -1:
+                PyErr_Clear()
+        if descr is None:
+            descr = arrayLayout(shape, dtype, perm, &spec)
         if self._closed:
             raise ValueError("allocation from a closed heap")
         if self._capsule is None:

@@ -20,6 +20,18 @@ cdef enum:
     MAXDIMS = 64          # NPY_MAXDIMS in NumPy 2
     ARRAY_ALIGN = 16      # every array's data is at least 16-aligned
 
+ctypedef struct descrCache:
+    # descrOf's memory of the last dtype argument (owned references), read
+    # by the Heap's inline fast path through theDescrCache().
+    PyObject* key
+    PyObject* descr
+    Py_ssize_t itemsize
+    size_t align
+    bint hassub
+
+cdef descrCache* theDescrCache() noexcept
+
+
 ctypedef struct arraySpec:
     int nd
     npy_intp dims[MAXDIMS]
@@ -52,6 +64,13 @@ cdef inline int parseShape(object shape, npy_intp* dims) except -1:
     return parseShapeSlow(shape, dims)
 cdef Py_ssize_t arrayNbytes(int nd, npy_intp* dims, Py_ssize_t itemsize) except -1
 cdef int parseOrder(object order) except -1
+
+
+cdef inline int parseOrderFast(object order) except -1:
+    # The literal is interned, as is the default argument "C".
+    if order is None or order is "C":
+        return 0
+    return parseOrder(order)
 cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran, object owner, npy_intp* strides=*)
 cdef int checkDeviceLike(object device, object like) except -1
 cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data, bint fortran, object capsule)

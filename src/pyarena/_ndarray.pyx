@@ -76,38 +76,47 @@ cdef object _normalise(object dtype):
 
 
 # The last dtype argument seen, its descriptor and what the array path
-# needs of it: most code asks for the same dtype over and over, and an
-# identity test is far cheaper than a dict lookup (which in 3.11 also saves
-# and restores the error state) or NumPy 2's descriptor accessors.
-cdef object _lastKey = object()     # matches no dtype argument
-cdef object _lastDescr = None
-cdef Py_ssize_t _lastItemsize = 0
-cdef size_t _lastAlign = ARRAY_ALIGN
-cdef bint _lastSub = False
+# needs of it (_last, a descrCache): most code asks for the same dtype over
+# and over, and an identity test is far cheaper than a dict lookup (which
+# in 3.11 also saves and restores the error state) or NumPy 2's descriptor
+# accessors. Heap reads it inline (theDescrCache).
+cdef object _noKey = object()       # matches no dtype argument
+cdef descrCache _last
+_last.key = <PyObject*>_noKey
+Py_INCREF(_noKey)
+_last.descr = <PyObject*>None
+Py_INCREF(None)
+
+
+cdef descrCache* theDescrCache() noexcept:
+    return &_last
 
 
 cdef object descrOf(object dtype, Py_ssize_t* itemsize, size_t* align, bint* hassub):
     """The descriptor for a dtype argument, from the cache when it can, with
     its itemsize, the alignment its arrays get and whether it is a
     sub-array dtype."""
-    global _lastKey, _lastDescr, _lastItemsize, _lastAlign, _lastSub
     cdef object d
-    if dtype is not _lastKey:
+    if <PyObject*>dtype != _last.key:
         d = _descrOf(dtype)
         if not (type(dtype) is type or type(dtype) is str or isinstance(dtype, DTYPE)):
             itemsize[0] = descrItemsize(d)
             align[0] = descrAlignment(d)
             hassub[0] = PyDataType_HASSUBARRAY(<PyArray_Descr*>d)
             return d
-        _lastKey = dtype
-        _lastDescr = d
-        _lastItemsize = descrItemsize(d)
-        _lastAlign = descrAlignment(d)
-        _lastSub = PyDataType_HASSUBARRAY(<PyArray_Descr*>d)
-    itemsize[0] = _lastItemsize
-    align[0] = _lastAlign
-    hassub[0] = _lastSub
-    return _lastDescr
+        Py_INCREF(dtype)
+        Py_INCREF(d)
+        Py_DECREF(<object>_last.key)
+        Py_DECREF(<object>_last.descr)
+        _last.key = <PyObject*>dtype
+        _last.descr = <PyObject*>d
+        _last.itemsize = descrItemsize(d)
+        _last.align = descrAlignment(d)
+        _last.hassub = PyDataType_HASSUBARRAY(<PyArray_Descr*>d)
+    itemsize[0] = _last.itemsize
+    align[0] = _last.align
+    hassub[0] = _last.hassub
+    return <object>_last.descr
 
 
 cdef object _descrOf(object dtype):
