@@ -12,4 +12,11 @@ bench_alloc
 bench_churn
     A fixed stream of 10,000 mixed-size arrays with a bounded live set:
     time, peak memory, and the heap's statistics afterwards.
+bench_clevel
+    The C API's malloc+free pair and 100,000-allocation batches beside libc
+    and PyMem (ns, measured in C), and NumPy arithmetic on temporaries under
+    NumPy's allocator and pyarena's (time and peak memory).
+bench_arena
+    Arena values beside heap values and NumPy: zeros(8), new(struct), and
+    dropping 100,000 values.
 """
