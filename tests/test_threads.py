@@ -390,3 +390,41 @@ def test_default_heap_from_threads():
     for tid, bs in enumerate(got):
         for b in bs:
             assert bytes(b) == bytes([tid]) * b.nbytes
+
+
+def test_fork_while_other_threads_allocate():
+    # pthread_atfork handlers take every allocator lock around fork(), so a
+    # child never inherits one held by a thread that does not exist there.
+    import os
+    import sys
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    heap = pyarena.Heap()
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            xs = [heap.alloc(s) for s in (8, 100, 5000, 40000, 300000)]
+            del xs
+
+    ts = [threading.Thread(target=churn) for _ in range(3)]
+    for t in ts:
+        t.start()
+    try:
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    blocks = [heap.alloc(s) for s in (8, 100, 5000, 40000, 300000)]
+                    a = heap.zeros(1000)
+                    code = 0 if not a.any() and len(blocks) == 5 else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        stop.set()
+        for t in ts:
+            t.join()
+    _testing.check_heap(heap)

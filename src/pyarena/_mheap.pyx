@@ -76,6 +76,42 @@ cdef void registryUnlock() noexcept nogil:
     pa_unlock(&_registry)
 
 
+cdef extern from "<pthread.h>" nogil:
+    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
+                       void (*child)() noexcept nogil)
+
+
+cdef void atforkPrepare() noexcept nogil:
+    """Before fork(): take every allocator lock (registry, then each heap's
+    centrals, then its page heap: the usual order), so that no other
+    thread is inside the allocator when the address space is copied; the
+    child would otherwise inherit a lock nobody will release."""
+    cdef mheap* h
+    cdef int i
+    registryLock()
+    h = _liveHeaps
+    while h != NULL:
+        for i in range(NUM_SIZE_CLASSES):
+            pa_lock(&h.central[i].lock)
+        pa_lock(&h.lock)
+        h = h.regNext
+
+
+cdef void atforkRelease() noexcept nogil:
+    """After fork(), in parent and child alike: let go of them."""
+    cdef mheap* h = _liveHeaps
+    cdef int i
+    while h != NULL:
+        pa_unlock(&h.lock)
+        for i in range(NUM_SIZE_CLASSES - 1, -1, -1):
+            pa_unlock(&h.central[i].lock)
+        h = h.regNext
+    registryUnlock()
+
+
+pthread_atfork(atforkPrepare, atforkRelease, atforkRelease)
+
+
 cdef mheap* registryFind(uint64_t serial) noexcept nogil:
     """The live heap with this serial, or NULL. Registry lock held."""
     cdef mheap* h = _liveHeaps
