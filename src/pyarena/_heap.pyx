@@ -11,8 +11,9 @@ Block holds a reference to its Heap, so a heap's mappings outlive its
 blocks: close() stops allocation, and the memory is unmapped when the heap
 object itself dies, after the last block.
 
-Per-thread caches come from _mcache.getmcache (a thread-local table keyed
-by the heap's serial). The Python entry points remember the last thread and
+Per-thread caches come from _mcache (getmcacheSlow), found through a
+thread-local table keyed by the heap's serial, of which this module keeps
+its own copy so that the hot paths make no call for it. The Python entry points remember the last thread and
 its cache in the Heap object as well, a single compare; the heap's
 cacheEpoch, bumped whenever a cache is freed (a thread ended), tells when
 that memory is stale.
@@ -39,7 +40,50 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SM
                              pyarena_class_to_size, ADDR_BITS, pa_add64, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
-from pyarena._mcache cimport getmcache, peekmcache
+from pyarena._mcache cimport getmcacheSlow
+
+cdef extern from *:
+    """
+    /* The hot paths' own copy of the per-thread lookup table (heap serial
+       -> mcache), so that finding the calling thread's cache costs a load
+       and a compare, not a call into _mcache. Misses go to _mcache's
+       getmcacheSlow, which owns the caches and their thread-exit cleanup.
+       An entry can only go stale with its heap (serials are never reused)
+       or its thread (the table dies with it). */
+    #define PYARENA_HTLS_WAYS 8
+    static __thread __attribute__((tls_model("initial-exec")))
+        unsigned long long pyarena_htls_serial[PYARENA_HTLS_WAYS];
+    static __thread __attribute__((tls_model("initial-exec")))
+        void *pyarena_htls_cache[PYARENA_HTLS_WAYS];
+    static inline void *pyarena_htls_get(unsigned long long serial) {
+        unsigned int k = (unsigned int)(serial & (PYARENA_HTLS_WAYS - 1));
+        return pyarena_htls_serial[k] == serial ? pyarena_htls_cache[k] : 0;
+    }
+    static inline void pyarena_htls_set(unsigned long long serial, void *c) {
+        unsigned int k = (unsigned int)(serial & (PYARENA_HTLS_WAYS - 1));
+        pyarena_htls_serial[k] = serial;
+        pyarena_htls_cache[k] = c;
+    }
+    """
+    void* htls_get "pyarena_htls_get"(unsigned long long serial) noexcept nogil
+    void htls_set "pyarena_htls_set"(unsigned long long serial, void* c) noexcept nogil
+
+
+cdef inline mcache* getmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h, made on first use; NULL without
+    memory."""
+    cdef mcache* c = <mcache*>htls_get(h.serial)
+    if c != NULL:
+        return c
+    c = getmcacheSlow(h)
+    if c != NULL:
+        htls_set(h.serial, c)
+    return c
+
+
+cdef inline mcache* peekmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h if the table has it, else NULL."""
+    return <mcache*>htls_get(h.serial)
 from pyarena._mcentral cimport releaseSpares
 from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
