@@ -28,13 +28,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-@pytest.fixture
-def heap():
-    h = Heap()
-    yield h
-    h.close()
-
-
 def lowbit(n):
     return n & -n
 

@@ -25,13 +25,6 @@ MiB = 1024 * KiB
 OUT_OF_RANGE = "allocation size out of range"
 
 
-@pytest.fixture
-def heap():
-    h = Heap()
-    yield h
-    h.close()
-
-
 class Point(ctypes.Structure):
     _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_int16)]
 

@@ -26,13 +26,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-@pytest.fixture
-def heap():
-    h = Heap()
-    yield h
-    h.close()
-
-
 def pages(n):
     return n * PAGE_SIZE
 

@@ -34,13 +34,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-@pytest.fixture
-def heap():
-    h = Heap()
-    yield h
-    h.close()
-
-
 def objects(h: Heap) -> int:
     return h.stats().heap_objects
 

@@ -24,13 +24,6 @@ from pyarena import reflect
 OUT_OF_RANGE = "allocation size out of range"
 
 
-@pytest.fixture
-def heap():
-    h = Heap()
-    yield h
-    h.close()
-
-
 def zerobase(heap):
     return heap.alloc(0).address
 
