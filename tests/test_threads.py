@@ -396,9 +396,6 @@ def test_fork_while_other_threads_allocate():
     # pthread_atfork handlers take every allocator lock around fork(), so a
     # child never inherits one held by a thread that does not exist there.
     import os
-    import sys
-    if not hasattr(os, "fork"):
-        pytest.skip("no fork")
     heap = pyarena.Heap()
     stop = threading.Event()
 
