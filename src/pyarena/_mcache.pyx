@@ -8,9 +8,10 @@ dead heap can never match). The cache holds, per size class, the span it
 allocates from, and the current tiny block. Only its own thread touches
 it, so allocation from it takes no lock, with or without the GIL.
 
-When a cached span has no free slot left, refill first sweeps it in place
-if slots in it were freed meanwhile (by any thread), and otherwise hands it
-back to mcentral and takes another.
+When a cached span has no free slot left, refill sweeps it in place if at
+least an eighth of it was freed meanwhile (by this thread, without atomics,
+or by others), and otherwise hands it back to mcentral, where frees can
+pile up, and takes another.
 
 A thread may end without ever holding the GIL (an OpenMP worker of a
 prange). Its caches are listed in thread-local storage and a pthread key

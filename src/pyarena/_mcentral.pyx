@@ -13,6 +13,10 @@ cache holds they move it from full to partial on its first freed slot, and
 give its pages back to the page heap when its last live slot dies, so that
 a class whose objects all died does not keep memory that other sizes could
 use. Go gets the same effect from sweeping every span once per GC cycle.
+One emptied span per class is kept as the class's spare instead: for the
+classes whose spans hold one or two objects (8 KiB and up) every other
+allocation would otherwise be a trip through the page heap. Spares count as
+idle memory and go back on Heap.release() and close().
 
 Every function here takes the class's lock (see "Locking" in _types.pxd).
 """
