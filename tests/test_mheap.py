@@ -17,8 +17,8 @@ import pytest
 
 import pyarena
 from pyarena import PAGE_SIZE, Heap
-from pyarena._testing import (check_heap, free_runs, in_persistent_alloc, page_owner,
-                              span_of)
+from pyarena._testing import (check_heap, drop_large_spare, free_runs, in_persistent_alloc,
+                              large_spare, page_owner, span_of)
 
 ARENA = 64 << 20
 GROW_PAGES = 512          # the heap maps 4 MiB at a time
@@ -126,9 +126,35 @@ def test_span_of_dead_large_object_is_none(heap):
     addr = b.address
     assert span_of(heap, addr + 100) is not None
     del b
+    # The thread keeps it as its large spare: an empty span, owning nothing.
+    s = span_of(heap, addr)
+    assert s["list"] == "spare" and s["alloc_count"] == 0 and large_spare(heap) == addr
+    assert not heap.owns(addr) and not heap.owns(addr + 100)
+    assert drop_large_spare(heap)
     assert span_of(heap, addr) is None
     assert span_of(heap, addr + 100) is None
     check_heap(heap)
+
+
+def test_large_spare_serves_the_next_allocation_of_its_size_zeroed(heap):
+    b = heap.alloc(100 * KiB)
+    addr = b.address
+    fill(b, 0xEE)
+    inuse = heap.stats().heap_inuse
+    del b
+    assert large_spare(heap) == addr
+    assert heap.stats().heap_inuse == inuse - pages(13), "a spare counts as idle"
+    check_heap(heap)
+    c = heap.alloc(100 * KiB)                 # same pages, all of them dirty
+    assert c.address == addr and large_spare(heap) is None
+    assert bytes(c) == bytes(100 * KiB)
+    d = heap.alloc(100 * KiB, zero=False)
+    del c                                     # the spare again
+    e = heap.alloc(50 * KiB)                  # another size: from the page heap
+    assert e.address != addr and large_spare(heap) == addr
+    assert heap.release() > 0 and large_spare(heap) is None
+    check_heap(heap)
+    del d, e
 
 
 def test_span_of_another_heaps_object_is_none(heap):
@@ -164,6 +190,7 @@ def test_free_runs_coalesce_into_one(heap, order):
     freed = set()
     for i in order:
         bs[i] = None
+        drop_large_spare(heap)       # to the page heap at once
         freed.add(i)
         info = check_heap(heap)
         assert info["inuse_pages"] == 5 * (3 - len(freed))
@@ -196,6 +223,7 @@ def test_freed_run_is_split_and_reused(heap):
     a = bs[0].address
     assert [b.address - a for b in bs] == [0, pages(10), pages(20), pages(30)]
     bs[1] = None                                      # a 10-page hole
+    drop_large_spare(heap)                            # (not kept as a spare)
     assert runs_rel(heap, a) == [(10, 10, 0), (40, GROW_PAGES - 40, GROW_PAGES - 40)]
     check_heap(heap)
     c = heap.alloc(48 * KiB)                          # 6 pages: split the hole
@@ -208,11 +236,16 @@ def test_freed_run_is_split_and_reused(heap):
     assert e.address == a + pages(45)
     check_heap(heap)
     c = None                                          # 6 + 4 merge again
+    drop_large_spare(heap)
     assert runs_rel(heap, a)[0] == (10, 10, 0)
-    bs[0] = bs[2] = None
+    bs[0] = None
+    drop_large_spare(heap)
+    bs[2] = None
+    drop_large_spare(heap)
     assert runs_rel(heap, a)[0] == (0, 30, 0)
     check_heap(heap)
     bs[3] = d = e = None
+    drop_large_spare(heap)
     assert runs_rel(heap, a) == [(0, GROW_PAGES, GROW_PAGES - 50)]
     check_heap(heap)
 
@@ -338,6 +371,7 @@ def test_unreleased_dirty_pages_are_cleared_for_zeroed_large_allocation(heap):
     fill(b, 0xFF)
     addr = b.address
     del b
+    drop_large_spare(heap)
     # 10 pages over 5 dirty ones and 5 fresh ones: only the dirty ones need
     # clearing, but all must read zero.
     c = heap.alloc(80 * KiB)

@@ -204,9 +204,9 @@ cdef class Arena:
             s = mallocLarge(heap._cache(), self.chunkSize >> PAGE_SHIFT)
             if s == NULL:
                 raise MemoryError(f"cannot allocate an arena chunk of {self.chunkSize} bytes")
-            dirty = s.startAddr
-            if not s.needzero:
-                dirty = s.startAddr       # all pages read as zero
+            # A fresh span's scav bits say which pages read as zero; a large
+            # spare's pages are all dirty.
+            dirty = s.startAddr + self.chunkSize if s.freshindex else s.startAddr
         ch.heap = heap
         ch.span = s
         ch.base = ch.next = ch.mapped = s.startAddr

@@ -32,6 +32,7 @@ cdef class Heap:
 
     cdef void _destroy(self)
     cdef void _dropChunkPool(self)
+    cdef void _dropOwnLargeSpare(self)
     cdef mcache* _cache(self) except NULL
     cdef mcache* _peekCache(self) noexcept nogil
     cdef Block _alloc(self, Py_ssize_t nbytes, size_t align, bint zero)

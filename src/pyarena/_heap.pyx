@@ -40,7 +40,7 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SM
                              pyarena_class_to_size, ADDR_BITS, pa_add64, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
-from pyarena._mcache cimport getmcacheSlow
+from pyarena._mcache cimport getmcacheSlow, dropLargeSpare
 
 cdef extern from *:
     """
@@ -255,6 +255,13 @@ cdef class Heap:
         for i in range(self._npool):
             freeObject(self.h, self._peekCache(), self._chunkPool[i].startAddr, False)
         self._npool = 0
+
+    cdef void _dropOwnLargeSpare(self):
+        """The calling thread's large spare goes back to the page heap
+        (other threads' spares go when they end)."""
+        cdef mcache* c = peekmcache(self.h)
+        if c != NULL:
+            dropLargeSpare(c)
 
     cdef mcache* _cache(self) except NULL:
         """The calling thread's mcache of this heap (GIL held). The last
@@ -802,6 +809,7 @@ cdef class Heap:
             return 0
         self._dropChunkPool()      # arena chunks kept for reuse are free memory too
         releaseSpares(self.h)      # and so are the classes' spare spans
+        self._dropOwnLargeSpare()  # and this thread's large spare
         return scavengeAll(self.h)
 
     def close(self):
@@ -820,6 +828,7 @@ cdef class Heap:
         self.h.closed = 1
         self._dropChunkPool()
         releaseSpares(self.h)
+        self._dropOwnLargeSpare()
         st = self._stats()
         if st.heap_objects == 0:
             import dataclasses

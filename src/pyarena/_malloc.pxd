@@ -2,7 +2,7 @@
 from libc.stdint cimport uintptr_t, uint8_t
 from libc.string cimport memset
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_or64,
-                             pa_add64, pa_load8, pa_addu8)
+                             pa_add64, pa_load8, pa_addu8, LARGE_SPARE_PAGES)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
 from pyarena._mcache cimport nextFree
 from pyarena._mcentral cimport freeSlot, freeSlotLocal
@@ -11,6 +11,7 @@ from pyarena._mheap cimport freeSpan, spanOf
 cdef uintptr_t zerobaseAddr() noexcept nogil
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
 cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil
+cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
 cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil
@@ -67,7 +68,10 @@ cdef inline int freeObject(mheap* h, mcache* c, uintptr_t p, bint tiny) noexcept
             return FREE_NOT_ALLOCATED
         s.allocCount = 0
         countFree(h, c, 0, s.elemsize)
-        freeSpan(h, s)
+        if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
+            keepLargeSpare(c, s)
+        else:
+            freeSpan(h, s)
         return FREE_OK
     idx = objIndex(s, p)
     if tiny:

@@ -58,6 +58,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
 from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
+                             pa_add64, inNoList, inSpare,
                              PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
 from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
@@ -137,16 +138,40 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
 
 
 cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil:
-    """A span of its own for one large object (Go: mcache.allocLarge). Its
-    pages' scav bits say which pages still read as zero; see clearLarge."""
-    cdef mspan* s = allocSpan(c.heap, npages, 0)
-    if s == NULL:
-        return NULL
+    """A span of its own for one large object (Go: mcache.allocLarge): the
+    cache's large spare when it has the size, else from the page heap. A
+    fresh span's scav bits say which pages still read as zero; a spare's
+    pages are all dirty (freshindex 1). See clearLarge."""
+    cdef mspan* s = c.largeSpare
+    if s != NULL and s.npages == npages:
+        c.largeSpare = NULL
+        pa_add64(&c.heap.pagesSpare, -npages)
+        s.list = inNoList
+        s.freeBits[0] = 0
+        s.needzero = 1
+    else:
+        s = allocSpan(c.heap, npages, 0)
+        if s == NULL:
+            return NULL
     s.allocCount = 1
     s.freeindex = 1
     c.nmalloc[0] += 1
     c.allocBytes += npages << PAGE_SHIFT
     return s
+
+
+cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil:
+    """Keep the freed large span s as c's large spare (the previous spare
+    goes back to the page heap). Its pages count as idle."""
+    cdef mspan* old = c.largeSpare
+    s.list = inSpare
+    s.freshindex = 1
+    pa_add64(&c.heap.pagesSpare, s.npages)
+    c.largeSpare = s
+    if old != NULL:
+        pa_add64(&c.heap.pagesSpare, -old.npages)
+        old.list = inNoList
+        freeSpan(c.heap, old)
 
 
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:
@@ -211,6 +236,9 @@ cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
     cdef uintptr_t b
     if not s.needzero:
         return 0
+    if s.freshindex:
+        # A large spare: every page was written; its scav bits are stale.
+        return memclrNoHeapPointersChunked(<char*>a, end - a)
     while a < end:
         a = nextDirtyPage(h, a, end)
         if a >= end:
@@ -228,6 +256,9 @@ cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil:
     cdef uintptr_t a = s.startAddr
     cdef uintptr_t b
     if not s.needzero:
+        return
+    if s.freshindex:
+        memset(<void*>a, 0, end - a)
         return
     while a < end:
         a = nextDirtyPage(h, a, end)

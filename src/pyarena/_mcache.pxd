@@ -6,6 +6,7 @@ cdef mcache* getmcache(mheap* h) noexcept nogil
 cdef mcache* getmcacheSlow(mheap* h) noexcept nogil
 cdef mcache* peekmcache(mheap* h) noexcept nogil
 cdef void releaseAll(mcache* c) noexcept nogil
+cdef void dropLargeSpare(mcache* c) noexcept nogil
 cdef void releaseTiny(mcache* c) noexcept nogil
 cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil
 cdef uintptr_t nextFree(mcache* c, int sizeclass) noexcept nogil

@@ -22,13 +22,13 @@ died took its caches with it.
 
 from libc.stdint cimport uint64_t, uintptr_t, int32_t
 from libc.stdlib cimport malloc as c_malloc, free as c_free
-from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES,
+from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES, inNoList,
                              TINY_SIZE_CLASS, pa_lock, pa_unlock, pa_add64, pa_addu8,
                              pa_load32)
 from pyarena._mfixalloc cimport fixalloc_alloc, fixalloc_free
 from pyarena._mspan cimport nextFreeIndex, sweep, objIndex
 from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot, freeSlotLocal
-from pyarena._mheap cimport registryLock, registryUnlock, registryFind
+from pyarena._mheap cimport registryLock, registryUnlock, registryFind, freeSpan
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t
@@ -118,12 +118,24 @@ cdef void releaseTiny(mcache* c) noexcept nogil:
             freeSlot(c.heap, s, idx)
 
 
+cdef void dropLargeSpare(mcache* c) noexcept nogil:
+    """Give the cache's large spare back to the page heap."""
+    cdef mspan* s = c.largeSpare
+    if s == NULL:
+        return
+    c.largeSpare = NULL
+    pa_add64(&c.heap.pagesSpare, -s.npages)
+    s.list = inNoList
+    freeSpan(c.heap, s)
+
+
 cdef void releaseAll(mcache* c) noexcept nogil:
-    """Give every cached span and the tiny block back (Go:
+    """Give every cached span, the large spare and the tiny block back (Go:
     mcache.releaseAll)."""
     cdef int i
     cdef mspan* s
     releaseTiny(c)
+    dropLargeSpare(c)
     for i in range(NUM_SIZE_CLASSES):
         s = c.alloc[i]
         if s.state != mSpanDead:

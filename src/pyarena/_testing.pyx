@@ -17,6 +17,7 @@ from pyarena._mspan cimport (initSpan, sweep, nextFreeIndex, nextFreeFast, objIn
 from pyarena._mheap cimport spanOf, arenaOf
 from pyarena._persistentalloc cimport inPersistentAlloc
 from pyarena._heap cimport Heap, Block
+from pyarena._mcache cimport dropLargeSpare
 
 STATES = {mSpanDead: "dead", mSpanInUse: "inuse", mSpanFree: "free"}
 LISTS = {inNoList: None, inPartial: "partial", inFull: "full", inFreePages: "free",
@@ -161,18 +162,21 @@ def check_heap(Heap heap):
         inuse_pages += s.npages
         for a in range(s.startAddr, s.startAddr + (s.npages << PAGE_SHIFT), PAGE_SIZE):
             assert spanOf(h, a) == s, "spans[] disagrees inside an in-use span"
-        if s.sizeclass:
-            d = spanDict(s)
-            check_span(d)
+        if s.sizeclass == 0:
             if s.list == inSpare:
-                assert h.central[s.sizeclass].spare == s and s.allocCount == 0 \
-                    and s.nfreed == 0 and not s.incache, "a spare span is not empty"
-                continue
-            assert s.allocCount > s.nfreed + s.nfreedLocal or s.incache, "an empty span is kept"
-            if not s.incache:
-                assert s.nfreedLocal == 0, "an uncached span holds local frees"
-                want = "partial" if (s.allocCount < s.nelems or s.nfreed) else "full"
-                assert d["list"] == want, (d, want)
+                assert s.allocCount == 0, "a large spare holds an object"
+            continue
+        d = spanDict(s)
+        check_span(d)
+        if s.list == inSpare:
+            assert h.central[s.sizeclass].spare == s and s.allocCount == 0 \
+                and s.nfreed == 0 and not s.incache, "a spare span is not empty"
+            continue
+        assert s.allocCount > s.nfreed + s.nfreedLocal or s.incache, "an empty span is kept"
+        if not s.incache:
+            assert s.nfreedLocal == 0, "an uncached span holds local frees"
+            want = "partial" if (s.allocCount < s.nelems or s.nfreed) else "full"
+            assert d["list"] == want, (d, want)
     # Spans on central lists are in use and of the list's class.
     for i in range(NUM_SIZE_CLASSES):
         for j in range(2):
@@ -281,3 +285,18 @@ def wrap_static(Py_ssize_t nbytes, object descr):
     cdef npy_intp dims[1]
     dims[0] = nbytes if nbytes <= (1 << 16) else (1 << 16)
     return wrapArray(descr, 1, dims, _floorData, False, None)
+
+
+def drop_large_spare(Heap heap):
+    """Give the calling thread's large spare back to the page heap, as if
+    another large free had replaced it; True if there was one."""
+    cdef mcache* c = heap._cache()
+    cdef bint had = c.largeSpare != NULL
+    dropLargeSpare(c)
+    return had
+
+
+def large_spare(Heap heap):
+    """Start address of the calling thread's large spare, or None."""
+    cdef mcache* c = heap._cache()
+    return None if c.largeSpare == NULL else c.largeSpare.startAddr

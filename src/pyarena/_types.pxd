@@ -95,6 +95,8 @@ cdef enum:
     PERSISTENT_MAX_BLOCK = 64 << 10
     FIX_ALLOC_CHUNK = 16 << 10
 
+    # Largest span (4 MiB) an mcache keeps as its large spare.
+    LARGE_SPARE_PAGES = 512
     # Go: memclrNoHeapPointersChunked clears 256 KiB between preemption points.
     CLEAR_CHUNK = 256 << 10
     # Chunks cleared between two looks at pending signals (1 MiB).
@@ -132,7 +134,10 @@ cdef struct mspan:
                               # may dip below 0 for an instant while a
                               # sweep takes a bit whose free is counting)
     uint16_t freshindex       # slots at and above it never held data since
-                              # the span was made (zero unless needzero)
+                              # the span was made (zero unless needzero);
+                              # for a large span, 1 = every page dirty, its
+                              # scav bits stale (reused as an mcache's
+                              # large spare)
     uint8_t sizeclass         # 0 for a large span
     uint8_t state             # spanState
     uint8_t needzero          # the span's pages may hold old data
@@ -217,6 +222,10 @@ cdef struct mcache:
     uintptr_t tiny            # current tiny block, 0 if none
     uintptr_t tinyoffset
     mspan* tinyspan
+    # The last large object (up to LARGE_SPARE_PAGES) this thread freed,
+    # kept for its next large allocation of the same size: no page-heap
+    # trip for loops that make and drop big temporaries.
+    mspan* largeSpare
     # Allocation counts of this thread (Go keeps them per P and flushes).
     uint64_t nmalloc[NUM_SIZE_CLASSES]   # [0]: large objects
     uint64_t allocBytes       # slot bytes handed out, cumulative
