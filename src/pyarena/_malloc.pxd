@@ -15,7 +15,6 @@ cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
 cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil
-cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil
 
 # freeObject results

@@ -195,11 +195,6 @@ cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size)
     return s
 
 
-cdef bint isLive(mheap* h, uintptr_t p) noexcept nogil:
-    cdef uintptr_t start, size
-    return liveObject(h, p, &start, &size) != NULL
-
-
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
     """Zero n bytes at p with the GIL released, CLEAR_CHUNK bytes at a time,
     taking the GIL back every CLEAR_GIL_CHUNKS chunks to check for signals,

@@ -11,7 +11,6 @@ cdef void registryLock() noexcept nogil
 cdef void registryUnlock() noexcept nogil
 cdef mheap* registryFind(uint64_t serial) noexcept nogil
 cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil
-cdef uint64_t newSerial() noexcept nogil
 cdef void mheap_destroy(mheap* h) noexcept nogil
 cdef void mheap_unref(mheap* h) noexcept nogil
 cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil
