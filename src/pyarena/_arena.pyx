@@ -29,7 +29,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 from pyarena._types cimport mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT
-from pyarena._heap cimport Heap, Block
+from pyarena._heap cimport Heap, Block, checkAlign
 from pyarena._malloc cimport mallocLarge, freeObject, zerobaseAddr
 from pyarena._mheap cimport nextDirtyPage, nextCleanPage
 from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, allocFailed, checkDeviceLike
@@ -259,9 +259,7 @@ cdef class Arena:
         if self.freed:
             raise ValueError("allocation from a freed arena")
         if align is not None:
-            if not isinstance(align, int) or align <= 0 or align & (align - 1) or align > PAGE_SIZE:
-                raise ValueError(f"align must be a power of two from 1 to {PAGE_SIZE}, got {align}")
-            a = align
+            a = checkAlign(align)
         if nbytes == 0 or self._isLarge(nbytes):
             if nbytes:
                 self.large += 1

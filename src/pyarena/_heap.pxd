@@ -10,6 +10,8 @@ cdef extern from "<pthread.h>" nogil:
 cdef class Block
 cdef class Heap
 
+cdef size_t checkAlign(object align) except 0
+
 cdef class Heap:
     cdef mheap* h
     cdef bint _closed

@@ -423,7 +423,7 @@ cdef class Heap:
         if self._closed:
             raise ValueError("allocation from a closed heap")
         if align is not None:
-            a = _checkAlign(align)
+            a = checkAlign(align)
         return self._alloc(nbytes, a, zero)
 
     # -- the NumPy face ----------------------------------------------------
@@ -1000,7 +1000,8 @@ cdef object _ctypesIn(object t, Block b):
     return t.from_buffer(b)
 
 
-cdef size_t _checkAlign(object align) except 0:
+cdef size_t checkAlign(object align) except 0:
+    """An align argument: a power of two from 1 to PAGE_SIZE."""
     if not isinstance(align, int):
         raise TypeError(f"align must be an int, not {type(align).__name__}")
     if align <= 0 or align & (align - 1) or align > PAGE_SIZE:
