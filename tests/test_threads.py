@@ -425,3 +425,18 @@ def test_fork_while_other_threads_allocate():
         for t in ts:
             t.join()
     _testing.check_heap(heap)
+
+
+def test_a_joined_thread_has_given_its_cache_back():
+    # The cache goes back when the thread's state is cleared, which is
+    # before join() returns, not at the later pthread exit: no wait needed.
+    heap = pyarena.Heap()
+    heap.alloc(64)                                 # the main thread's cache
+    for _ in range(200):
+        t = threading.Thread(target=lambda: [heap.alloc(n) for n in (8, 64, 5000, 40000)])
+        t.start()
+        t.join()
+        assert _testing.num_caches(heap) == 1
+    st = heap.stats()
+    assert st.mallocs == 1 + 200 * 4 and st.heap_objects == 1
+    _testing.check_heap(heap)

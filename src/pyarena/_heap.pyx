@@ -37,10 +37,10 @@ from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_De
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
                              TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
-                             pyarena_class_to_size, ADDR_BITS, pa_add64, pa_load64, pa_lock,
+                             pyarena_class_to_size, ADDR_BITS, MAX_ALLOC, pa_add64, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
-from pyarena._mcache cimport getmcacheSlow, dropLargeSpare
+from pyarena._mcache cimport getmcacheSlow, dropLargeSpare, releaseThreadCaches, onThreadCachesReleased
 
 cdef extern from *:
     """
@@ -64,9 +64,45 @@ cdef extern from *:
         pyarena_htls_serial[k] = serial;
         pyarena_htls_cache[k] = c;
     }
+    static void pyarena_htls_clear(void) {
+        for (unsigned int k = 0; k < PYARENA_HTLS_WAYS; k++) {
+            pyarena_htls_serial[k] = 0;
+            pyarena_htls_cache[k] = 0;
+        }
+    }
+    /* Set once this Python thread has its end hook (_ThreadEnd). */
+    static __thread __attribute__((tls_model("initial-exec"))) int pyarena_thread_hooked;
     """
     void* htls_get "pyarena_htls_get"(unsigned long long serial) noexcept nogil
     void htls_set "pyarena_htls_set"(unsigned long long serial, void* c) noexcept nogil
+    void htls_clear "pyarena_htls_clear"() noexcept nogil
+    int thread_hooked "pyarena_thread_hooked"
+
+
+import threading
+
+onThreadCachesReleased(htls_clear)
+
+
+@cython.final
+cdef class _ThreadEnd:
+    """Lives in a threading.local: Python drops it when the thread's state
+    is cleared, which is before join() returns (the pthread key destructor
+    comes later), so a joined thread has already given its caches back."""
+
+    def __dealloc__(self):
+        releaseThreadCaches()
+
+
+_threadEnd = threading.local()
+
+
+cdef int hookThreadEnd() except -1:
+    global thread_hooked
+    if not thread_hooked:
+        thread_hooked = 1
+        _threadEnd.hook = _ThreadEnd()
+    return 0
 
 
 cdef inline mcache* getmcache(mheap* h) noexcept nogil:
@@ -86,7 +122,7 @@ cdef inline mcache* peekmcache(mheap* h) noexcept nogil:
     return <mcache*>htls_get(h.serial)
 from pyarena._mcentral cimport releaseSpares
 from pyarena._msize cimport alignedClass, sizeToClass16
-from pyarena._malloc cimport (zerobaseAddr, mallocSmall, mallocTiny, mallocLarge, freeObject,
+from pyarena._malloc cimport (zerobaseAddr, mallocgc, mallocSmall, mallocTiny, mallocLarge, freeObject,
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
                               FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
 from pyarena._ndarray cimport (npy_intp, MAXDIMS, arraySpec, arrayLayout, descrOf, parseShape,
@@ -103,9 +139,6 @@ from pyarena._ndarray import like_layout
 from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
 import numpy as np
 
-# Go: maxAlloc on linux/amd64, 1 << heapAddrBits (48) less a little; a
-# request past it cannot be satisfied whatever the machine.
-cdef size_t MAX_ALLOC = (<size_t>1) << (ADDR_BITS - 1)
 
 # The dtype cache of _ndarray, read inline by _arrayIn.
 cdef descrCache* DESCR_CACHE = theDescrCache()
@@ -275,6 +308,7 @@ cdef class Heap:
         c = getmcache(self.h)
         if c == NULL:
             raise MemoryError("cannot allocate a thread cache")
+        hookThreadEnd()
         self._tid = me
         self._tcache = c
         self._epoch = self.h.cacheEpoch
@@ -360,32 +394,19 @@ cdef class Heap:
                         nbytes < TINY_SIZE and align == 0)
 
     cdef uintptr_t _allocRaw(self, size_t nbytes, size_t align, bint zero, int* cls) except? 0:
-        """nbytes >= 1 of memory: the address, or 0 when it cannot be had.
-        cls receives the size class (0: large). An interrupted clear of a
-        large object frees it and raises."""
-        cdef mcache* c = self._cache()
-        cdef uintptr_t p
-        cdef mspan* s
-        if nbytes <= MAX_SMALL_SIZE:
-            if nbytes < TINY_SIZE and align == 0:
-                cls[0] = TINY_SIZE_CLASS
-                return mallocTiny(c, nbytes)
-            cls[0] = alignedClass(nbytes, align)
-            if cls[0] != 0:
-                return mallocSmall(c, cls[0], nbytes, zero)
-        cls[0] = 0
-        if nbytes > MAX_ALLOC:
-            return 0
-        s = mallocLarge(c, (nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT)
-        if s == NULL:
-            return 0
-        if zero:
+        """nbytes >= 1 of memory from mallocgc: the address, or 0 when it
+        cannot be had. cls receives the size class (0: large). A large
+        object is cleared here, with the GIL released in chunks; an
+        interrupted clear frees it and raises."""
+        cdef mspan* large
+        cdef uintptr_t p = mallocgc(self._cache(), nbytes, align, zero, cls, &large)
+        if large != NULL:
             try:
-                clearLarge(self.h, s, nbytes)
+                clearLarge(self.h, large, nbytes)
             except BaseException:
-                freeObject(self.h, self._peekCache(), s.startAddr, False)
+                freeObject(self.h, self._peekCache(), p, False)
                 raise
-        return s.startAddr
+        return p
 
     def alloc(self, Py_ssize_t nbytes, *, bint zero=True, align=None):
         """Allocate ``nbytes`` bytes.
@@ -867,30 +888,23 @@ cdef class Heap:
 # callbacks need no GIL: heap metadata has its own locks.
 
 cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
-    """At least size bytes, 16-aligned, zeroed if asked; 0 without memory;
-    the zero-size address for 0. Any thread, no GIL needed."""
+    """At least size bytes, 16-aligned (as C's malloc), zeroed if asked; 0
+    without memory; the zero-size address for 0. Any thread, no GIL."""
     cdef mcache* c
-    cdef mspan* s
+    cdef mspan* large
+    cdef uintptr_t p
     cdef int cls
     if h.closed:
         return 0           # Heap.close(): NumPy's handler stops too
-    if size < TINY_SIZE:
-        if size == 0:
-            return ZEROBASE
-        size = TINY_SIZE
+    if size == 0:
+        return ZEROBASE
     c = getmcache(h)
     if c == NULL:
         return 0
-    if size <= MAX_SMALL_SIZE:
-        return mallocSmall(c, sizeToClass16(size), size, zero)
-    if size > MAX_ALLOC:
-        return 0
-    s = mallocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
-    if s == NULL:
-        return 0
-    if zero:
-        clearLargeNogil(h, s, size)
-    return s.startAddr
+    p = mallocgc(c, size, 16, zero, &cls, &large)
+    if large != NULL:
+        clearLargeNogil(h, large, size)
+    return p
 
 
 cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:

@@ -2,7 +2,9 @@
 from libc.stdint cimport uintptr_t, uint8_t
 from libc.string cimport memset
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_or64,
-                             pa_add64, pa_load8, pa_addu8, LARGE_SPARE_PAGES)
+                             pa_add64, pa_load8, pa_addu8, LARGE_SPARE_PAGES, MAX_SMALL_SIZE,
+                             MAX_ALLOC, PAGE_SIZE, PAGE_SHIFT)
+from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
 from pyarena._mcache cimport nextFree
 from pyarena._mcentral cimport freeSlot, freeSlotLocal
@@ -26,6 +28,34 @@ cdef enum:
 
 
 # The hot paths, inline so that the Python layer's calls compile into it.
+
+cdef inline uintptr_t mallocgc(mcache* c, size_t size, size_t align, bint needzero,
+                               int* cls, mspan** large) noexcept nogil:
+    """size >= 1 bytes from the thread's cache c (Go: mallocgc): the tiny
+    allocator for 1..15 bytes when no alignment is asked for, a size-class
+    slot up to MAX_SMALL_SIZE (the smallest class aligned to align, and to
+    16 from 16 bytes on), else a large span of its own. cls receives the
+    class (0: large). A large object is not cleared here: *large is its
+    span, and the caller clears it as its context allows (clearLarge with
+    the GIL, clearLargeNogil without). 0 when memory cannot be had."""
+    cdef mspan* s
+    large[0] = NULL
+    if size <= MAX_SMALL_SIZE:
+        if size < TINY_SIZE and align == 0:
+            cls[0] = TINY_SIZE_CLASS
+            return mallocTiny(c, size)
+        cls[0] = sizeToClass16(size) if align == 16 else alignedClass(size, align)
+        if cls[0] != 0:
+            return mallocSmall(c, cls[0], size, needzero)
+    cls[0] = 0
+    if size > MAX_ALLOC:
+        return 0
+    s = mallocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
+    if s == NULL:
+        return 0
+    large[0] = s if needzero else NULL
+    return s.startAddr
+
 
 cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
     """A slot of sizeclass from the thread's cache, its first nbytes zeroed

@@ -166,9 +166,31 @@ cdef void freemcache(mcache* c) noexcept nogil:
     pa_unlock(&h.lock)
 
 
+# Other modules' copies of the lookup table (the hot paths in _heap keep
+# one) register a function here to forget their entries when this thread's
+# caches go.
+cdef void (*_forgetHooks[4])() noexcept nogil
+cdef int _nforgetHooks = 0
+
+
+cdef void onThreadCachesReleased(void (*hook)() noexcept nogil) noexcept nogil:
+    global _nforgetHooks
+    if _nforgetHooks < 4:
+        _forgetHooks[_nforgetHooks] = hook
+        _nforgetHooks += 1
+
+
 cdef void threadExit(void* unused) noexcept nogil:
-    """pthread key destructor: this thread is ending. Give back its caches
-    of heaps that still exist; forget the rest."""
+    """pthread key destructor: this thread is ending."""
+    releaseThreadCaches()
+
+
+cdef void releaseThreadCaches() noexcept nogil:
+    """Give back the calling thread's caches of heaps that still exist, and
+    forget the rest: the thread is ending (the pthread key destructor, or,
+    for a Python thread, earlier: when its thread state is cleared, before
+    join() returns). The thread may allocate again afterwards; it then gets
+    new caches."""
     global tls_nodes
     cdef pyarena_tcnode* n = tls_nodes
     cdef pyarena_tcnode* nxt
@@ -178,6 +200,8 @@ cdef void threadExit(void* unused) noexcept nogil:
     for k in range(PYARENA_TLS_WAYS):
         tls_serial[k] = 0
         tls_cache[k] = NULL
+    for k in range(_nforgetHooks):
+        _forgetHooks[k]()
     while n != NULL:
         nxt = n.next
         registryLock()
@@ -213,8 +237,7 @@ cdef mcache* getmcacheSlow(mheap* h) noexcept nogil:
         n.heap = h
         n.cache = c
         n.next = tls_nodes
-        if tls_nodes == NULL:
-            pthread_setspecific(_exitKey, <void*>1)
+        pthread_setspecific(_exitKey, <void*>1)
         tls_nodes = n
         pruneDead()
     tls_serial[k] = h.serial

@@ -103,6 +103,15 @@ cdef enum:
     CLEAR_GIL_CHUNKS = 4
 
 
+cdef extern from *:
+    """
+    /* Go: maxAlloc on linux/amd64, 1 << (heapAddrBits - 1) here: no request
+       past it can be met whatever the machine. */
+    #define PYARENA_MAX_ALLOC ((size_t)1 << 47)
+    """
+    size_t MAX_ALLOC "PYARENA_MAX_ALLOC"
+
+
 cdef enum spanState:
     mSpanDead = 0     # record not describing any memory (on a fixalloc list)
     mSpanInUse = 1    # holds slots of a size class or one large object
