@@ -431,7 +431,7 @@ def test_a_joined_thread_has_given_its_cache_back():
     # The cache goes back when the thread's state is cleared, which is
     # before join() returns, not at the later pthread exit: no wait needed.
     heap = pyarena.Heap()
-    heap.alloc(64)                                 # the main thread's cache
+    keep = heap.alloc(64)                          # the main thread's cache
     for _ in range(200):
         t = threading.Thread(target=lambda: [heap.alloc(n) for n in (8, 64, 5000, 40000)])
         t.start()
