@@ -2,11 +2,9 @@
 from libc.stdint cimport uintptr_t
 from pyarena._types cimport mheap, mcache, mspan
 
-cdef mcache* getmcache(mheap* h) noexcept nogil
 cdef mcache* getmcacheSlow(mheap* h) noexcept nogil
 cdef void releaseThreadCaches() noexcept nogil
 cdef void onThreadCachesReleased(void (*hook)() noexcept nogil) noexcept nogil
-cdef mcache* peekmcache(mheap* h) noexcept nogil
 cdef void releaseAll(mcache* c) noexcept nogil
 cdef void dropLargeSpare(mcache* c) noexcept nogil
 cdef void releaseTiny(mcache* c) noexcept nogil

@@ -2,9 +2,10 @@
 """Per-thread caches (Go: mcache.go). See _malloc.pyx for an overview.
 
 Go gives each P an mcache. pyarena gives each thread one per heap it
-allocates from, found through a small direct-mapped table in thread-local
-storage keyed by the heap's serial number (never reused, so an entry of a
-dead heap can never match). The cache holds, per size class, the span it
+allocates from (getmcacheSlow makes and lists them; _heap keeps a small
+direct-mapped table in thread-local storage in front, keyed by the heap's
+serial number, never reused, so an entry of a dead heap can never match).
+The cache holds, per size class, the span it
 allocates from, and the current tiny block. Only its own thread touches
 it, so allocation from it takes no lock, with or without the GIL.
 
@@ -13,9 +14,10 @@ least an eighth of it was freed meanwhile (by this thread, without atomics,
 or by others), and otherwise hands it back to mcentral, where frees can
 pile up, and takes another.
 
-A thread may end without ever holding the GIL (an OpenMP worker of a
-prange). Its caches are listed in thread-local storage and a pthread key
-destructor hands them back when the thread exits, for each heap that still
+A Python thread hands its caches back when its thread state is cleared
+(_heap's _ThreadEnd); a thread may also end without ever holding the GIL
+(an OpenMP worker of a prange). Its caches are listed in thread-local
+storage and a pthread key destructor hands them back when the thread exits, for each heap that still
 exists: the registry of live heaps (_mheap.pyx) says which do. A heap that
 died took its caches with it.
 """
@@ -37,10 +39,9 @@ cdef extern from "<pthread.h>" nogil:
 
 cdef extern from *:
     """
-    /* This thread's caches: a direct-mapped lookup table, and the list of
-       all of them for the thread-exit destructor. initial-exec TLS: a load
-       relative to the thread pointer, no __tls_get_addr call. */
-    #define PYARENA_TLS_WAYS 8
+    /* This thread's caches, listed for the thread-exit hand-back.
+       initial-exec TLS: a load relative to the thread pointer, no
+       __tls_get_addr call. */
     typedef struct pyarena_tcnode {
         struct pyarena_tcnode *next;
         unsigned long long serial;
@@ -48,20 +49,13 @@ cdef extern from *:
         void *cache;
     } pyarena_tcnode;
     static __thread __attribute__((tls_model("initial-exec")))
-        unsigned long long pyarena_tls_serial[PYARENA_TLS_WAYS];
-    static __thread __attribute__((tls_model("initial-exec")))
-        void *pyarena_tls_cache[PYARENA_TLS_WAYS];
-    static __thread __attribute__((tls_model("initial-exec")))
         pyarena_tcnode *pyarena_tls_nodes;
     """
-    enum: PYARENA_TLS_WAYS
     ctypedef struct pyarena_tcnode:
         pyarena_tcnode* next
         unsigned long long serial
         void* heap
         void* cache
-    unsigned long long tls_serial "pyarena_tls_serial"[8]
-    void* tls_cache "pyarena_tls_cache"[8]
     pyarena_tcnode* tls_nodes "pyarena_tls_nodes"
 
 
@@ -197,9 +191,6 @@ cdef void releaseThreadCaches() noexcept nogil:
     cdef mheap* h
     cdef int k
     tls_nodes = NULL
-    for k in range(PYARENA_TLS_WAYS):
-        tls_serial[k] = 0
-        tls_cache[k] = NULL
     for k in range(_nforgetHooks):
         _forgetHooks[k]()
     while n != NULL:
@@ -214,12 +205,15 @@ cdef void releaseThreadCaches() noexcept nogil:
 
 
 cdef mcache* getmcacheSlow(mheap* h) noexcept nogil:
+    """The calling thread's cache of h, made on first use; NULL without
+    memory. Any thread, GIL or not. Callers keep their own lookup table in
+    front of it (_heap's), and register a hook to forget it
+    (onThreadCachesReleased)."""
     global tls_nodes
     cdef pyarena_tcnode* n = tls_nodes
     cdef mcache* c = NULL
-    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
-    # Evicted from the table, or new. Prune nodes of dead heaps on the way
-    # (a heap's serial is in the registry while it lives).
+    # Evicted from the caller's table, or new. A new cache prunes the nodes
+    # of dead heaps (a heap's serial is in the registry while it lives).
     while n != NULL:
         if n.serial == h.serial:
             c = <mcache*>n.cache
@@ -240,8 +234,6 @@ cdef mcache* getmcacheSlow(mheap* h) noexcept nogil:
         pthread_setspecific(_exitKey, <void*>1)
         tls_nodes = n
         pruneDead()
-    tls_serial[k] = h.serial
-    tls_cache[k] = c
     return c
 
 
@@ -259,25 +251,6 @@ cdef void pruneDead() noexcept nogil:
             link = &n.next
         n = link[0]
     registryUnlock()
-
-
-cdef mcache* peekmcache(mheap* h) noexcept nogil:
-    """The calling thread's cache of h if the lookup table has it, else
-    NULL; never makes one (the free paths use it to count and to free
-    locally)."""
-    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
-    if tls_serial[k] == h.serial:
-        return <mcache*>tls_cache[k]
-    return NULL
-
-
-cdef mcache* getmcache(mheap* h) noexcept nogil:
-    """The calling thread's cache of h, made on first use; NULL without
-    memory. Any thread, GIL or not."""
-    cdef unsigned int k = <unsigned int>(h.serial & (PYARENA_TLS_WAYS - 1))
-    if tls_serial[k] == h.serial:
-        return <mcache*>tls_cache[k]
-    return getmcacheSlow(h)
 
 
 cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
