@@ -3,10 +3,6 @@
 from libc.stdint cimport uint64_t, uintptr_t
 from pyarena._types cimport mheap, mcache, mspan
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-
 cdef class Block
 cdef class Heap
 
@@ -17,9 +13,6 @@ cdef class Heap:
     cdef bint _closed
     cdef object _final
     cdef object _capsule
-    cdef pthread_t _tid
-    cdef mcache* _tcache
-    cdef uint64_t _epoch
     # Arena chunks given back, kept for the next arena (_arena.pyx).
     cdef mspan* _chunkPool[4]
     cdef uintptr_t _chunkDirty[4]

@@ -12,11 +12,9 @@ blocks: close() stops allocation, and the memory is unmapped when the heap
 object itself dies, after the last block.
 
 Per-thread caches come from _mcache (getmcacheSlow), found through a
-thread-local table keyed by the heap's serial, of which this module keeps
-its own copy so that the hot paths make no call for it. The Python entry points remember the last thread and
-its cache in the Heap object as well, a single compare; the heap's
-cacheEpoch, bumped whenever a cache is freed (a thread ended), tells when
-that memory is stale.
+thread-local table keyed by the heap's serial that this module keeps in
+front of it, so that the hot paths make no call to find them: a load and
+a compare. The table forgets a thread's entries when its caches go back.
 
 The C-level API (malloc, calloc, realloc, free, usable_size: cdef methods,
 declared in __init__.pxd for cimport) runs without the GIL from any number
@@ -260,9 +258,6 @@ cdef class Heap:
         self._closed = False
         self._final = None
         self._capsule = None
-        self._tid = 0
-        self._tcache = NULL
-        self._epoch = 0
 
     def __dealloc__(self):
         self._destroy()
@@ -277,8 +272,6 @@ cdef class Heap:
             return
         self._dropChunkPool()
         self.h = NULL
-        self._tcache = NULL
-        self._tid = 0
         self._capsule = None
         mheap_unref(h)
 
@@ -297,28 +290,20 @@ cdef class Heap:
             dropLargeSpare(c)
 
     cdef mcache* _cache(self) except NULL:
-        """The calling thread's mcache of this heap (GIL held). The last
-        thread to ask is remembered in the object; a thread id is reused
-        only after its thread ended, which freed its cache and so moved the
-        heap's cacheEpoch on."""
-        cdef pthread_t me = pthread_self()
-        cdef mcache* c
-        if me == self._tid and self._epoch == self.h.cacheEpoch:
-            return self._tcache
+        """The calling thread's mcache of this heap (GIL held); a Python
+        thread's first one also hooks the thread's end (hookThreadEnd)."""
+        cdef mcache* c = <mcache*>htls_get(self.h.serial)
+        if c != NULL:
+            return c
         c = getmcache(self.h)
         if c == NULL:
             raise MemoryError("cannot allocate a thread cache")
         hookThreadEnd()
-        self._tid = me
-        self._tcache = c
-        self._epoch = self.h.cacheEpoch
         return c
 
     cdef mcache* _peekCache(self) noexcept nogil:
         """The calling thread's cache if it has one, else NULL (for frees:
         counted there, and freed without atomics when the span is its)."""
-        if pthread_self() == self._tid and self._epoch == self.h.cacheEpoch:
-            return self._tcache
         return peekmcache(self.h)
 
     # -- the C-level API (see __init__.pxd) ---------------------------------

@@ -156,7 +156,6 @@ cdef void freemcache(mcache* c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     fixalloc_free(&h.cachealloc, c)
-    h.cacheEpoch += 1
     pa_unlock(&h.lock)
 
 

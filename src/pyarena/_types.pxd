@@ -257,9 +257,6 @@ cdef struct mheap:
     # mheap is destroyed when both are gone (with the GIL held, by
     # whichever drops the last).
     uint64_t refs
-    # Bumped whenever one of its caches is freed (a thread ended): a
-    # remembered (thread, cache) pair from before is stale.
-    uint64_t cacheEpoch
     mheap* regNext                      # the registry of live heaps
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
