@@ -28,11 +28,11 @@ from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
-from pyarena._types cimport mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT
+from pyarena._types cimport mspan, PAGE_SIZE, PAGE_SHIFT
 from pyarena._heap cimport Heap, Block, checkAlign
 from pyarena._malloc cimport mallocLarge, freeObject, zerobaseAddr
 from pyarena._mheap cimport nextDirtyPage, nextCleanPage
-from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, allocFailed, checkDeviceLike
+from pyarena._ndarray cimport arraySpec, arrayLayout, wrapArray, checkDeviceLike
 
 import ctypes
 from dataclasses import dataclass

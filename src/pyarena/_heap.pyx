@@ -34,7 +34,7 @@ from libc.string cimport memcpy, strncpy
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, MAX_SMALL_SIZE,
-                             TINY_SIZE, TINY_SIZE_CLASS, NUM_SIZE_CLASSES,
+                             TINY_SIZE, NUM_SIZE_CLASSES,
                              pyarena_class_to_size, ADDR_BITS, MAX_ALLOC, pa_add64, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, mheap_unref, scavengeAll
@@ -119,17 +119,12 @@ cdef inline mcache* peekmcache(mheap* h) noexcept nogil:
     """The calling thread's cache of h if the table has it, else NULL."""
     return <mcache*>htls_get(h.serial)
 from pyarena._mcentral cimport releaseSpares
-from pyarena._msize cimport alignedClass, sizeToClass16
-from pyarena._malloc cimport (zerobaseAddr, mallocgc, mallocSmall, mallocTiny, mallocLarge, freeObject,
+from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject,
                               clearLarge, clearLargeNogil, liveObject, FREE_OK,
                               FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
-from pyarena._ndarray cimport (npy_intp, MAXDIMS, arraySpec, arrayLayout, descrOf, parseShape,
-                               descrCache, theDescrCache, parseOrderFast,
-                               PyLong_CheckExact, PyLong_AsSsize_t_unchecked,
-                               arrayNbytes, parseOrder,
-                               wrapOwned, descrAlignment, descrItemsize, allocFailed,
-                               expandSubarray, PyDataMem_Handler, arrayHandler,
-                               checkDeviceLike)
+from pyarena._ndarray cimport (arraySpec, arrayLayout, descrCache, theDescrCache, parseOrderFast,
+                               PyLong_CheckExact, PyLong_AsSsize_t_unchecked, wrapOwned,
+                               allocFailed, PyDataMem_Handler, arrayHandler, checkDeviceLike)
 from pyarena._mstats import MemStats, SizeClassStats
 import operator
 import warnings

@@ -54,15 +54,15 @@ in Go; a block lives until every value carved from it has died. Zero-size
 allocations all return one address, zerobase.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
-from pyarena._types cimport (mheap, mcache, mspan, mSpanInUse, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
+from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, inNoList, inSpare,
                              PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
-from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
 from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
-from pyarena._mcentral cimport freeSlot, freeSlotLocal
+from pyarena._mcentral cimport freeSlotLocal
 from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
 
 

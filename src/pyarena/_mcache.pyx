@@ -22,7 +22,7 @@ exists: the registry of live heaps (_mheap.pyx) says which do. A heap that
 died took its caches with it.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t, int32_t
+from libc.stdint cimport uintptr_t, int32_t
 from libc.stdlib cimport malloc as c_malloc, free as c_free
 from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES, inNoList,
                              TINY_SIZE_CLASS, pa_lock, pa_unlock, pa_add64, pa_addu8,

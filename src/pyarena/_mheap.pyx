@@ -37,7 +37,6 @@ number of free pages with their scav bit set.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
-from libc.string cimport memset
 from pyarena._types cimport (
     mheap, mspan, mcache, heapArena, mcentral, mSpanList, arenaReservation,
     mSpanDead, mSpanInUse, mSpanFree, inNoList, inFreePages,

@@ -18,7 +18,6 @@ API. The only object made per call is the array.
 """
 
 cimport cython
-from libc.stdint cimport uintptr_t
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.pycapsule cimport PyCapsule_GetPointer

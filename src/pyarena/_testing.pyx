@@ -16,7 +16,7 @@ from pyarena._mspan cimport (initSpan, sweep, nextFreeIndex, nextFreeFast, objIn
                              isAllocated, isFreed, popcount64)
 from pyarena._mheap cimport spanOf, arenaOf
 from pyarena._persistentalloc cimport inPersistentAlloc
-from pyarena._heap cimport Heap, Block
+from pyarena._heap cimport Heap
 from pyarena._mcache cimport dropLargeSpare
 
 STATES = {mSpanDead: "dead", mSpanInUse: "inuse", mSpanFree: "free"}
