@@ -263,21 +263,6 @@ from pyarena._ndarray cimport wrapArray, npy_intp
 cdef char _floorData[1 << 16]
 
 
-def ndarray_floor(Py_ssize_t nbytes, object descr, Py_ssize_t reps):
-    """Make and drop reps uint8 ndarrays over static memory with
-    PyArray_NewFromDescr and nothing else: what any ndarray constructor
-    costs at least. Returns nanoseconds per array."""
-    import time
-    cdef npy_intp dims[1]
-    cdef Py_ssize_t i
-    dims[0] = nbytes if nbytes <= (1 << 16) else (1 << 16)
-    t0 = time.perf_counter_ns()
-    for i in range(reps):
-        a = wrapArray(descr, 1, dims, _floorData, False, None)
-        del a
-    return (time.perf_counter_ns() - t0) / reps
-
-
 def wrap_static(Py_ssize_t nbytes, object descr):
     """One uint8 ndarray over static memory, per call from Python: the
     least a Python-callable array constructor can cost (no allocator, no
