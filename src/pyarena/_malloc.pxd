@@ -69,6 +69,7 @@ cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint 
         s = c.alloc[sizeclass]
     c.nmalloc[sizeclass] += 1
     c.allocBytes += s.elemsize
+    # slotNeedsZero by address: no index needed.
     if needzero and (s.needzero or v < s.startAddr + <uintptr_t>s.freshindex * s.elemsize):
         memset(<void*>v, 0, nbytes)
     return v

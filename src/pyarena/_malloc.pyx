@@ -60,7 +60,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, inNoList, inSpare,
                              PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
-from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
 from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
 from pyarena._mcentral cimport freeSlotLocal
 from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
@@ -119,7 +119,7 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
             freeSlotLocal(s, <unsigned int>objIndex(s, x))
             return 0
     idx = <unsigned int>objIndex(s, x)
-    if s.needzero or idx < s.freshindex:
+    if slotNeedsZero(s, idx):
         memset(<void*>x, 0, TINY_SIZE)
     c.nmalloc[TINY_SIZE_CLASS] += 1
     c.allocBytes += TINY_SIZE
