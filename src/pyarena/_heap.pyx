@@ -897,13 +897,15 @@ cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
 cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     cdef size_t old
     cdef void* q
+    cdef uintptr_t start, slot
     if p == NULL or <uintptr_t>p == ZEROBASE:
         return <void*>heapMalloc(h, size, False)
-    cdef uintptr_t start, slot
-    if liveObject(h, <uintptr_t>p, &start, &slot) == NULL or start != <uintptr_t>p:
-        reportInvalidFree(h, p, FREE_NOT_ALLOCATED if liveObject(h, <uintptr_t>p, &start, &slot)
-                          == NULL else FREE_NOT_OBJECT_START)
-        return NULL        # not the start of a live allocation of ours: refuse
+    if liveObject(h, <uintptr_t>p, &start, &slot) == NULL:
+        reportInvalidFree(h, p, FREE_NOT_ALLOCATED)
+        return NULL        # not a live allocation of ours: refuse
+    if start != <uintptr_t>p:
+        reportInvalidFree(h, p, FREE_NOT_OBJECT_START)
+        return NULL        # inside one, not at its start: refuse
     old = slot
     if size <= old and size > old // 2:
         return p
