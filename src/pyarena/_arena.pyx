@@ -38,6 +38,7 @@ import ctypes
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from pyarena._heap import default_heap
 from pyarena._ndarray import like_layout
@@ -372,8 +373,7 @@ cdef class Arena:
             a = np.asarray(obj) if not isinstance(obj, np.ndarray) else obj
             if a.nbytes == 0:
                 return False
-            lo, hi = np.byte_bounds(a) if hasattr(np, "byte_bounds") else \
-                np.lib.array_utils.byte_bounds(a)
+            lo, hi = byte_bounds(a)
             hi -= 1
         for ch in self.chunks:
             if (<_Chunk>ch).base <= lo and hi < (<_Chunk>ch).next:

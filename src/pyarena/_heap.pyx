@@ -131,6 +131,7 @@ import warnings
 from pyarena._ndarray import like_layout
 from pyarena._typed import is_ctypes_type, ctypes_layout, array_bytes, dtype_itemsize
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 
 # The dtype cache of _ndarray, read inline by _arrayIn.
@@ -670,16 +671,9 @@ cdef class Heap:
             # dtypes (datetime64).
             if obj.nbytes == 0:
                 return self._ownsEmpty(obj)
-            iface = obj.__array_interface__
-            lo = hi = <uintptr_t>iface["data"][0]
-            strides = obj.strides
-            for i in range(obj.ndim):
-                extent = (obj.shape[i] - 1) * strides[i]
-                if extent < 0:
-                    lo += extent
-                else:
-                    hi += extent
-            hi += obj.itemsize - 1
+            first, end = byte_bounds(obj)
+            lo = first
+            hi = end - 1
         else:
             PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO)
             try:
