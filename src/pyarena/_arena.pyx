@@ -350,8 +350,7 @@ cdef class Arena:
         if size == 0 or self._isLarge(size):
             if size:
                 self.large += 1
-            return self.heap.new(t) if not issubclass(t, ctypes.Array) or size == 0 \
-                else self.heap.newarray(t._type_, t._length_)
+            return self.heap.new(t)
         ch = self._place(size, align, &p)
         return t.from_buffer(ch, p - ch.base)
 
