@@ -9,7 +9,7 @@ cymem is not a dependency.)
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free
 from libc.stdint cimport uint64_t
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
-from pyarena._heap cimport Heap
+from pyarena cimport Heap     # the public C-level API, as users see it
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t

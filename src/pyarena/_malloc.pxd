@@ -5,19 +5,21 @@ from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, p
                              pa_add64, pa_load8, pa_addu8, LARGE_SPARE_PAGES, MAX_SMALL_SIZE,
                              MAX_ALLOC, PAGE_SIZE, PAGE_SHIFT)
 from pyarena._msize cimport alignedClass, sizeToClass16
-from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed
-from pyarena._mcache cimport nextFree
-from pyarena._mcentral cimport freeSlot, freeSlotLocal
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, freeSlotLocal
+from pyarena._mcache cimport nextFree, allocLarge, keepLargeSpare
+from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport freeSpan, spanOf
 
 cdef uintptr_t zerobaseAddr() noexcept nogil
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
-cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil
-cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
 cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil
+cdef mspan* allocUserArenaChunk(mheap* h, mcache* c, uintptr_t npages,
+                                uintptr_t* dirtyEnd, bint* reused) noexcept nogil
+cdef void freeUserArenaChunk(mheap* h, mspan* s, uintptr_t dirtyEnd) noexcept nogil
+cdef void dropUserArenaChunks(mheap* h) noexcept nogil
 
 # freeObject results
 cdef enum:
@@ -50,7 +52,7 @@ cdef inline uintptr_t mallocgc(mcache* c, size_t size, size_t align, bint needze
     cls[0] = 0
     if size > MAX_ALLOC:
         return 0
-    s = mallocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
+    s = allocLarge(c, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
     if s == NULL:
         return 0
     large[0] = s if needzero else NULL

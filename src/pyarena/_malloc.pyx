@@ -58,12 +58,12 @@ from libc.stdint cimport uintptr_t
 from libc.string cimport memset
 from cpython.exc cimport PyErr_CheckSignals
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
-                             pa_add64, inNoList, inSpare,
-                             PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS)
-from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero
-from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs
-from pyarena._mcentral cimport freeSlotLocal
-from pyarena._mheap cimport allocSpan, freeSpan, spanOf, nextDirtyPage, nextCleanPage
+                             pa_add64, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS,
+                             CHUNK_POOL_MAX)
+from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
+    freeSlotLocal
+from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache
+from pyarena._mheap cimport freeSpan, spanOf, nextDirtyPage, nextCleanPage
 
 
 # The base address of all zero-byte allocations (Go: zerobase). Nothing is
@@ -135,43 +135,6 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
     else:
         pa_addu8(&s.tinyRefs[idx], 1)
     return x
-
-
-cdef mspan* mallocLarge(mcache* c, uintptr_t npages) noexcept nogil:
-    """A span of its own for one large object (Go: mcache.allocLarge): the
-    cache's large spare when it has the size, else from the page heap. A
-    fresh span's scav bits say which pages still read as zero; a spare's
-    pages are all dirty (freshindex 1). See clearLarge."""
-    cdef mspan* s = c.largeSpare
-    if s != NULL and s.npages == npages:
-        c.largeSpare = NULL
-        pa_add64(&c.heap.pagesSpare, -npages)
-        s.list = inNoList
-        s.freeBits[0] = 0
-        s.needzero = 1
-    else:
-        s = allocSpan(c.heap, npages, 0)
-        if s == NULL:
-            return NULL
-    s.allocCount = 1
-    s.freeindex = 1
-    c.nmalloc[0] += 1
-    c.allocBytes += npages << PAGE_SHIFT
-    return s
-
-
-cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil:
-    """Keep the freed large span s as c's large spare (the previous spare
-    goes back to the page heap). Its pages count as idle."""
-    cdef mspan* old = c.largeSpare
-    s.list = inSpare
-    s.freshindex = 1
-    pa_add64(&c.heap.pagesSpare, s.npages)
-    c.largeSpare = s
-    if old != NULL:
-        pa_add64(&c.heap.pagesSpare, -old.npages)
-        old.list = inNoList
-        freeSpan(c.heap, old)
 
 
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:
@@ -262,3 +225,56 @@ cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil:
         b = nextCleanPage(h, a, end)
         memset(<void*>a, 0, b - a)
         a = b
+
+
+# ---------------------------------------------------------------------------
+# User-arena chunks (Go: arena.go's allocUserArenaChunk and mheap.userArena's
+# reuse list). A chunk is one large object of the heap; a chunk whose arena
+# and values are all gone waits in the heap's pool of CHUNK_POOL_MAX, with
+# how far it may hold old data, so that the next arena needs no page-heap
+# trip and clears only what an earlier arena wrote. GIL held throughout.
+
+cdef mspan* allocUserArenaChunk(mheap* h, mcache* c, uintptr_t npages,
+                                uintptr_t* dirtyEnd, bint* reused) noexcept nogil:
+    """A chunk of npages pages: a pooled one of that size (*reused set),
+    else a new large object from the cache c. *dirtyEnd: below it the
+    chunk's pages may hold old data; above it the span's scav bits say
+    which pages read as zero. NULL without memory."""
+    cdef mspan* s
+    cdef int i
+    for i in range(h.npool - 1, -1, -1):
+        if h.chunkPool[i].npages == npages:
+            s = h.chunkPool[i]
+            dirtyEnd[0] = h.chunkDirty[i]
+            h.npool -= 1
+            h.chunkPool[i] = h.chunkPool[h.npool]
+            h.chunkDirty[i] = h.chunkDirty[h.npool]
+            reused[0] = True
+            return s
+    reused[0] = False
+    s = allocLarge(c, npages)
+    if s == NULL:
+        return NULL
+    # A large spare's pages are all dirty (freshindex 1); a fresh span's
+    # scav bits are exact.
+    dirtyEnd[0] = s.startAddr + (npages << PAGE_SHIFT) if s.freshindex else s.startAddr
+    return s
+
+
+cdef void freeUserArenaChunk(mheap* h, mspan* s, uintptr_t dirtyEnd) noexcept nogil:
+    """The chunk's last value died: pool it, or free it as the large object
+    it is when the pool is full or the heap closed."""
+    if h.npool < CHUNK_POOL_MAX and not h.closed:
+        h.chunkPool[h.npool] = s
+        h.chunkDirty[h.npool] = dirtyEnd
+        h.npool += 1
+        return
+    freeObject(h, peekmcache(h), s.startAddr, False)
+
+
+cdef void dropUserArenaChunks(mheap* h) noexcept nogil:
+    """Free every pooled chunk (Heap.release, close)."""
+    cdef mcache* c = peekmcache(h)
+    while h.npool:
+        h.npool -= 1
+        freeObject(h, c, h.chunkPool[h.npool].startAddr, False)

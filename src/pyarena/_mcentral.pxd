@@ -1,21 +1,10 @@
 # Central span lists, one per size class (Go: mcentral.go). See _mcentral.pyx.
-from pyarena._types cimport mheap, mspan, pa_or64, pa_add32, pa_load8, pa_load64
+from pyarena._types cimport mheap, mspan, pa_or64, pa_add32, pa_load8
 
 cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil
 cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil
 cdef void releaseSpares(mheap* h) noexcept nogil
 cdef void freedUncached(mheap* h, mspan* s, int sizeclass) noexcept nogil
-
-
-cdef inline bint freeSlotLocal(mspan* s, unsigned int idx) noexcept nogil:
-    """freeSlot for the thread whose cache holds s: no atomics, no lists.
-    False for a double free."""
-    cdef unsigned long long bit = (<unsigned long long>1) << (idx & 63)
-    if (s.localFreeBits[idx >> 6] | pa_load64(&s.freeBits[idx >> 6])) & bit:
-        return False
-    s.localFreeBits[idx >> 6] |= bit
-    s.nfreedLocal += 1
-    return True
 
 
 cdef inline bint freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
@@ -31,6 +20,12 @@ cdef inline bint freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
     sees the other and the span lands on the right list."""
     cdef unsigned long long bit = (<unsigned long long>1) << (idx & 63)
     cdef int sizeclass = s.sizeclass
+    # A slot its owner freed already (localFreeBits, the owner's plain
+    # bits: a free that happened before this one is visible) must not be
+    # counted a second time: a double free would make the span look
+    # emptier than it is.
+    if s.localFreeBits[idx >> 6] & bit:
+        return False
     if pa_or64(&s.freeBits[idx >> 6], bit) & bit:
         return False
     pa_add32(&s.nfreed, 1)

@@ -7,12 +7,8 @@ from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PA
                              ADDR_BITS, PAGES_PER_ARENA, pa_loadptr)
 
 cdef mheap* mheap_new() noexcept nogil
-cdef void registryLock() noexcept nogil
-cdef void registryUnlock() noexcept nogil
-cdef mheap* registryFind(uint64_t serial) noexcept nogil
-cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil
 cdef void mheap_destroy(mheap* h) noexcept nogil
-cdef void mheap_unref(mheap* h) noexcept nogil
+cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil
 cdef mspan* allocSpan(mheap* h, uintptr_t npages, int sizeclass) noexcept nogil
 cdef void freeSpan(mheap* h, mspan* s) noexcept nogil
 cdef uintptr_t scavengeAll(mheap* h) noexcept nogil

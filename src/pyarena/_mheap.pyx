@@ -55,82 +55,10 @@ cdef enum:
     HEAP_ARENA_BYTES = 1 << LOG_HEAP_ARENA_BYTES
     RELEASE_ON_FREE_PAGES = (1 << 30) >> PAGE_SHIFT
 
-# Every heap gets a serial number that is never reused in the process: a
-# per-thread cache entry keyed by a dead heap's serial can never match.
-cdef uint64_t _nextSerial = 1
-
-# The registry of live heaps, so that a thread ending without the GIL can
-# tell whether the heaps it has caches of still exist (_mcache.pyx). Taken
-# before any heap or central lock, never inside one.
-cdef pa_mutex _registry
-cdef mheap* _liveHeaps = NULL
-pa_mutex_init(&_registry)
-
-
-cdef void registryLock() noexcept nogil:
-    pa_lock(&_registry)
-
-
-cdef void registryUnlock() noexcept nogil:
-    pa_unlock(&_registry)
-
-
-cdef extern from "<pthread.h>" nogil:
-    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
-                       void (*child)() noexcept nogil)
-
-
-cdef void atforkPrepare() noexcept nogil:
-    """Before fork(): take every allocator lock (registry, then each heap's
-    centrals, then its page heap: the usual order), so that no other
-    thread is inside the allocator when the address space is copied; the
-    child would otherwise inherit a lock nobody will release."""
-    cdef mheap* h
-    cdef int i
-    registryLock()
-    h = _liveHeaps
-    while h != NULL:
-        for i in range(NUM_SIZE_CLASSES):
-            pa_lock(&h.central[i].lock)
-        pa_lock(&h.lock)
-        h = h.regNext
-
-
-cdef void atforkRelease() noexcept nogil:
-    """After fork(), in parent and child alike: let go of them."""
-    cdef mheap* h = _liveHeaps
-    cdef int i
-    while h != NULL:
-        pa_unlock(&h.lock)
-        for i in range(NUM_SIZE_CLASSES - 1, -1, -1):
-            pa_unlock(&h.central[i].lock)
-        h = h.regNext
-    registryUnlock()
-
-
-pthread_atfork(atforkPrepare, atforkRelease, atforkRelease)
-
-
-cdef mheap* registryFind(uint64_t serial) noexcept nogil:
-    """The live heap with this serial, or NULL. Registry lock held."""
-    cdef mheap* h = _liveHeaps
-    while h != NULL:
-        if h.serial == serial:
-            return h
-        h = h.regNext
-    return NULL
-
-
-cdef uint64_t newSerial() noexcept nogil:
-    """A serial number no heap has had (registry lock held)."""
-    global _nextSerial
-    _nextSerial += 1
-    return _nextSerial - 1
-
-
 cdef mheap* mheap_new() noexcept nogil:
-    """A new, empty heap (Go: mheap.init), or NULL without memory."""
-    global _liveHeaps
+    """A new, empty heap (Go: mheap.init), or NULL without memory. The
+    caller registers it (_mcache.registerHeap) before any thread can make a
+    cache of it."""
     cdef mheap* h = <mheap*>sysAllocOS(sizeof(mheap))
     cdef int i
     if h == NULL:
@@ -143,38 +71,16 @@ cdef mheap* mheap_new() noexcept nogil:
     for i in range(NUM_SIZE_CLASSES):
         h.central[i].sizeclass = <unsigned char>i
         pa_mutex_init(&h.central[i].lock)
-    registryLock()
-    h.serial = newSerial()
-    h.regNext = _liveHeaps
-    if _liveHeaps != NULL:
-        _liveHeaps.regPrev = h
-    _liveHeaps = h
-    registryUnlock()
     return h
-
-
-cdef void mheap_unref(mheap* h) noexcept nogil:
-    """Drop one reference; the last one destroys the heap."""
-    h.refs -= 1
-    if h.refs == 0:
-        mheap_destroy(h)
 
 
 cdef void mheap_destroy(mheap* h) noexcept nogil:
     """Unmap everything the heap has: arenas, metadata and the record itself.
-    Nothing of it may be used afterwards. Leaving the registry first means
-    no ending thread will look at its caches (which die with it)."""
-    global _liveHeaps
+    Nothing of it may be used afterwards; the caller has taken it out of the
+    registry first (_mcache.releaseHeap), so no ending thread will look at
+    its caches, which die with it."""
     cdef arenaReservation* r
     cdef arenaReservation* nxt
-    registryLock()
-    if h.regPrev != NULL:
-        h.regPrev.regNext = h.regNext
-    else:
-        _liveHeaps = h.regNext
-    if h.regNext != NULL:
-        h.regNext.regPrev = h.regPrev
-    registryUnlock()
     r = h.reservations
     while r != NULL:
         nxt = r.next
@@ -527,8 +433,13 @@ cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil:
     once, as glibc unmaps a large chunk, and reads as zero when reused."""
     h.pagesInUse -= s.npages
     if s.npages >= RELEASE_ON_FREE_PAGES and physPageSize() <= PAGE_SIZE:
+        # Every page becomes a released free page. The span's own scav bits
+        # say nothing here: a large span keeps them set from its allocation
+        # (its map of pages still zero), and allocSpanLocked already took
+        # those pages out of pagesReleased.
         sysUnused(<void*>s.startAddr, s.npages << PAGE_SHIFT)
-        h.pagesReleased += s.npages - setScav(h, s.startAddr, s.npages, True)
+        setScav(h, s.startAddr, s.npages, True)
+        h.pagesReleased += s.npages
     else:
         setScav(h, s.startAddr, s.npages, False)
     if s.tinyRefs != NULL:

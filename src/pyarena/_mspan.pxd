@@ -82,6 +82,19 @@ cdef inline bint slotNeedsZero(mspan* s, uintptr_t i) noexcept nogil:
     return s.needzero or i < s.freshindex
 
 
+cdef inline bint freeSlotLocal(mspan* s, unsigned int idx) noexcept nogil:
+    """Record slot idx of s free, for the thread whose cache holds s (see
+    _mcentral.freeSlot for any other thread): plain bit operations, no
+    atomics, no lists.
+    False for a double free."""
+    cdef unsigned long long bit = (<unsigned long long>1) << (idx & 63)
+    if (s.localFreeBits[idx >> 6] | pa_load64(&s.freeBits[idx >> 6])) & bit:
+        return False
+    s.localFreeBits[idx >> 6] |= bit
+    s.nfreedLocal += 1
+    return True
+
+
 # Doubly linked span lists (Go: mSpanList). A span is on at most one list;
 # s.list says which, so removal needs no search.
 

@@ -2,6 +2,7 @@
 # an ndarray. See _ndarray.pyx.
 from cpython.object cimport PyObject
 from cpython.exc cimport PyErr_Clear
+from libc.stdint cimport uintptr_t
 
 cdef extern from "numpy/ndarraytypes.h":
     ctypedef Py_ssize_t npy_intp
@@ -40,7 +41,12 @@ ctypedef struct arraySpec:
     Py_ssize_t nbytes
     size_t align
 
-cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec)
+cdef object arrayLayout(object shape, object dtype, arraySpec* spec)
+cdef object countLayout(object dtype, Py_ssize_t n, arraySpec* spec)
+cdef object likeLayout(object a, object dtype, object order, object shape, arraySpec* spec,
+                       bint* fortran)
+cdef int byteRange(object obj, uintptr_t* lo, uintptr_t* hi) except -1
+cdef object emptyBase(object obj)
 cdef object descrOf(object dtype, Py_ssize_t* itemsize, size_t* align, bint* hassub)
 cdef int parseShapeSlow(object shape, npy_intp* dims) except -1
 

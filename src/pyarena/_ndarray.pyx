@@ -1,11 +1,16 @@
 # cython: language_level=3
-"""The NumPy face: turn heap memory into plain numpy.ndarray objects.
+"""NumPy's side of the allocator face: parse array requests into C values
+and turn allocator memory into plain numpy.ndarray objects.
 
-Heap.zeros/empty/full and the *_like functions (in _heap.pyx) parse their
-arguments here, allocate the array's bytes from the heap, and wrap them:
+The face (_face.pyx: zeros/empty/full, the *_like functions, new and
+newarray of every allocator) parses its arguments here, once, into an
+arraySpec, allocates the array's bytes, and wraps them. A heap's array is
+wrapped by PyArray_NewFromDescr over that memory, then the array is made
+to own it
 PyArray_NewFromDescr over that memory, then the array is made to own it
 (NPY_ARRAY_OWNDATA) with the heap's NEP 49 handler capsule as its
-mem_handler, exactly as if NumPy had allocated it through that handler.
+mem_handler, exactly as if NumPy had allocated it through that handler (an
+arena's array has its chunk as base instead).
 When the array dies NumPy hands the memory back through the handler's
 free; views hold the array, so they keep the memory alive. No owner object
 is made per array, and numpy's get_handler_name(arr) says "pyarena".
@@ -24,7 +29,23 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from pyarena._ndarray cimport PyDataMem_Handler
 from cpython.long cimport PyLong_Check
 from cpython.dict cimport PyDict_GetItem
-from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred, PyErr_ExceptionMatches
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO, PyBUF_SIMPLE
+from libc.stdint cimport uintptr_t
+
+cdef extern from "Python.h":
+    # The buffer request without Cython's exception check: BufferError is
+    # retried with a simpler request.
+    int getBuffer "PyObject_GetBuffer"(object obj, Py_buffer* view, int flags) noexcept
+
+cdef extern from *:
+    """
+    /* The exporter behind a memoryview; NULL for one made over raw memory. */
+    static inline PyObject *pyarena_memoryview_exporter(PyObject *mv) {
+        return PyMemoryView_GET_BUFFER(mv)->obj;
+    }
+    """
+    PyObject* memoryviewExporter "pyarena_memoryview_exporter"(PyObject* mv)
 
 cdef extern from "Python.h":
     # Without Cython's error check: the caller turns overflow into NumPy's
@@ -39,6 +60,15 @@ import numpy as np
 cdef extern from "numpy/arrayobject.h":
     ctypedef struct PyArray_Descr:
         pass
+    # The array's C fields (no Python attribute lookups).
+    int PyArray_NDIM_ "PyArray_NDIM"(PyObject* a)
+    npy_intp* PyArray_DIMS_ "PyArray_DIMS"(PyObject* a)
+    npy_intp* PyArray_STRIDES_ "PyArray_STRIDES"(PyObject* a)
+    npy_intp PyArray_ITEMSIZE_ "PyArray_ITEMSIZE"(PyObject* a)
+    void* PyArray_DATA_ "PyArray_DATA"(PyObject* a)
+    int PyArray_FLAGS_ "PyArray_FLAGS"(PyObject* a)
+    PyObject* PyArray_DESCR_ "PyArray_DESCR"(PyObject* a)
+    PyObject* PyArray_BASE_ "PyArray_BASE"(PyObject* a)
     PyTypeObject PyArray_Type
     PyObject* PyArray_NewFromDescr(PyTypeObject* subtype, PyArray_Descr* descr, int nd,
                                    npy_intp* dims, npy_intp* strides, void* data,
@@ -284,25 +314,49 @@ cdef extern from *:
     PyObject* arrayMemHandler "pyarena_array_mem_handler"(PyObject* arr)
 
 
-cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec):
-    """Parse an array request into spec (dims, strides when perm is given,
-    byte size, alignment) and return its descriptor. perm, when given, is
-    the memory order of the axes, outermost first (order='K' of the *_like
-    functions). Shared by Heap and Arena."""
-    cdef Py_ssize_t itemsize, stride
+cdef object arrayLayout(object shape, object dtype, arraySpec* spec):
+    """Parse an array request (shape, dtype) into spec: dims, byte size,
+    alignment, C or Fortran strides left to NumPy (stridesp NULL); return
+    its descriptor. Every argument is converted here, once."""
+    cdef Py_ssize_t itemsize
     cdef bint hassub
-    cdef int k, ax
     descr = descrOf(dtype, &itemsize, &spec.align, &hassub)
     spec.nd = parseShape(shape, spec.dims)
+    return finishLayout(descr, itemsize, hassub, NULL, spec)
+
+
+cdef object countLayout(object dtype, Py_ssize_t n, arraySpec* spec):
+    """arrayLayout for a 1-d array of n items (newarray), or a 0-d one for
+    n < 0 (new)."""
+    cdef Py_ssize_t itemsize
+    cdef bint hassub
+    descr = descrOf(dtype, &itemsize, &spec.align, &hassub)
+    spec.nd = 0 if n < 0 else 1
+    spec.dims[0] = n
+    return finishLayout(descr, itemsize, hassub, NULL, spec)
+
+
+cdef object finishLayout(object descr, Py_ssize_t itemsize, bint hassub, int* perm,
+                         arraySpec* spec):
+    """The rest of a layout, from dims and the descriptor: sub-array dtypes
+    become trailing dimensions, the byte size is checked, and perm, when
+    given, is the memory order of the first nd axes, outermost first
+    (order='K' of the *_like functions): strides follow it, sub-array
+    dimensions innermost."""
+    cdef Py_ssize_t stride
+    cdef int k, ax, nd0 = spec.nd
+    cdef int order[MAXDIMS]
     if hassub:
         descr = expandSubarray(descr, &spec.nd, spec.dims)
         itemsize = descrItemsize(descr)
         spec.align = descrAlignment(descr)
     spec.nbytes = arrayNbytes(spec.nd, spec.dims, itemsize)
     spec.stridesp = NULL
-    if perm is not None:
-        # Sub-array dimensions, appended by expandSubarray, stay innermost.
-        order = list(perm) + list(range(len(perm), spec.nd))
+    if perm != NULL:
+        for k in range(nd0):
+            order[k] = perm[k]
+        for k in range(nd0, spec.nd):
+            order[k] = k
         stride = itemsize
         for k in range(spec.nd - 1, -1, -1):
             ax = order[k]
@@ -312,37 +366,152 @@ cdef object arrayLayout(object shape, object dtype, object perm, arraySpec* spec
     return descr
 
 
-def like_layout(a, dtype, order, shape):
-    """(a, shape, dtype, fortran, perm) for the *_like constructors, NumPy's
-    rules: 'K' keeps a's memory order (C when the number of dimensions
-    changes), 'A' is Fortran for a Fortran-contiguous a."""
+cdef object likeLayout(object a, object dtype, object order, object shape, arraySpec* spec,
+                       bint* fortran):
+    """Parse a *_like request into spec and return its descriptor, NumPy's
+    rules: order None or 'K' keeps a's memory order (C when the number of
+    dimensions changes), 'A' is Fortran for a Fortran-contiguous a. a's
+    layout is read from the array's C fields, so that an ndarray subclass's
+    Python properties are never asked (they could run any code)."""
+    cdef Py_ssize_t itemsize
+    cdef bint hassub, same
+    cdef int k, j, t, nd
+    cdef char o
+    cdef int perm[MAXDIMS]
+    cdef npy_intp* astrides
+    cdef int aflags
     if not isinstance(a, np.ndarray):
         a = np.asanyarray(a)
+    o = parseLikeOrder(order)
     if dtype is None:
-        dtype = a.dtype
-    if isinstance(order, str) and len(order) == 1:
-        order = order.upper()
-    if order not in ("C", "F", "A", "K", None):
-        raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
+        descr = <object>PyArray_DESCR_(<PyObject*>a)
+        descr = descrOf(descr, &itemsize, &spec.align, &hassub)
+    else:
+        descr = descrOf(dtype, &itemsize, &spec.align, &hassub)
+    nd = PyArray_NDIM_(<PyObject*>a)
     if shape is None:
-        shape = a.shape
+        spec.nd = nd
+        for k in range(nd):
+            spec.dims[k] = PyArray_DIMS_(<PyObject*>a)[k]
         same = True
     else:
-        try:
-            shape = (operator.index(shape),)
-        except TypeError:
-            shape = tuple(shape)
-        same = len(shape) == a.ndim
-    fortran = a.flags.f_contiguous and not a.flags.c_contiguous
-    if order in ("C", None) or (order == "K" and not same):
-        return a, shape, dtype, False, None
-    if order == "F":
-        return a, shape, dtype, True, None
-    if order == "A" or a.flags.c_contiguous or fortran:
-        return a, shape, dtype, fortran, None
-    # 'K' for a non-contiguous array: largest stride outermost, ties in
-    # axis order, as NumPy does.
-    return a, shape, dtype, False, sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))
+        spec.nd = parseShape(shape, spec.dims)
+        same = spec.nd == nd
+    aflags = PyArray_FLAGS_(<PyObject*>a)
+    fortran[0] = (aflags & NPY_ARRAY_F_CONTIGUOUS) != 0 and (aflags & NPY_ARRAY_C_CONTIGUOUS) == 0
+    if o == b'C' or (o == b'K' and not same):
+        fortran[0] = False
+    elif o == b'F':
+        fortran[0] = True
+    elif o == b'K' and not (aflags & (NPY_ARRAY_F_CONTIGUOUS | NPY_ARRAY_C_CONTIGUOUS)):
+        # Not contiguous: largest stride outermost, ties in axis order, as
+        # NumPy does (an insertion sort: stable, and nd is small).
+        astrides = PyArray_STRIDES_(<PyObject*>a)
+        for k in range(nd):
+            t = k
+            j = k
+            while j > 0 and absIntp(astrides[perm[j - 1]]) < absIntp(astrides[t]):
+                perm[j] = perm[j - 1]
+                j -= 1
+            perm[j] = t
+        fortran[0] = False
+        return finishLayout(descr, itemsize, hassub, perm, spec)
+    # 'A', or 'K' of a contiguous array: its own order.
+    return finishLayout(descr, itemsize, hassub, NULL, spec)
+
+
+cdef inline npy_intp absIntp(npy_intp x) noexcept:
+    return -x if x < 0 else x
+
+
+cdef char parseLikeOrder(object order) except 0:
+    """The order argument of the *_like functions: 'C', 'F', 'A' or 'K' in
+    either case; None is 'K' (NumPy's rule)."""
+    if order is None:
+        return b'K'
+    if isinstance(order, str) and len(<str>order) == 1:
+        u = (<str>order).upper()
+        if u == "C" or u == "F" or u == "A" or u == "K":
+            return ord(u)
+    raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
+
+
+cdef int byteRange(object obj, uintptr_t* lo, uintptr_t* hi) except -1:
+    """The bytes obj's buffer spans, [lo, hi] inclusive: 1, or 0 for an
+    empty buffer. An ndarray (subclasses included) is read from its C
+    fields, which also covers dtypes the buffer protocol refuses
+    (datetime64); anything else through the buffer protocol, which may give
+    no strides (ctypes arrays) or no shape: then the buffer is contiguous.
+    TypeError for an object without a buffer. No Python code of obj's runs
+    after it has handed over its buffer."""
+    cdef Py_buffer view
+    cdef Py_ssize_t i, extent, itemsize
+    cdef npy_intp* dims
+    cdef npy_intp* strides
+    cdef uintptr_t a, b
+    cdef int nd
+    if isinstance(obj, np.ndarray):
+        nd = PyArray_NDIM_(<PyObject*>obj)
+        dims = PyArray_DIMS_(<PyObject*>obj)
+        strides = PyArray_STRIDES_(<PyObject*>obj)
+        itemsize = PyArray_ITEMSIZE_(<PyObject*>obj)
+        a = b = <uintptr_t>PyArray_DATA_(<PyObject*>obj)
+        if itemsize == 0:
+            return 0
+        for i in range(nd):
+            if dims[i] == 0:
+                return 0
+            extent = (dims[i] - 1) * strides[i]
+            if extent < 0:
+                a += extent
+            else:
+                b += extent
+        lo[0] = a
+        hi[0] = b + itemsize - 1
+        return 1
+    if getBuffer(obj, &view, PyBUF_RECORDS_RO) < 0:
+        if not PyErr_ExceptionMatches(BufferError):
+            return -1
+        PyErr_Clear()
+        PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE)
+    try:
+        if view.len <= 0:
+            return 0
+        a = <uintptr_t>view.buf
+        lo[0] = a
+        hi[0] = a + view.len - 1
+        if view.strides == NULL or view.shape == NULL or view.suboffsets != NULL:
+            # Contiguous (no strides, or no shape: one run of len bytes).
+            # An exporter that hands out sub-offsets it was not asked for
+            # is judged by its first run only.
+            return 1
+        b = a
+        for i in range(view.ndim):
+            if view.shape[i] == 0:
+                return 0
+            extent = (view.shape[i] - 1) * view.strides[i]
+            if extent < 0:
+                a += extent
+            else:
+                b += extent
+        lo[0] = a
+        hi[0] = b + view.itemsize - 1
+        return 1
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef object emptyBase(object obj):
+    """What a zero-length buffer rests on, one step: an ndarray's base, a
+    memoryview's exporter; None for anything else. C fields only."""
+    cdef PyObject* b
+    if isinstance(obj, np.ndarray):
+        b = PyArray_BASE_(<PyObject*>obj)
+        return None if b == NULL else <object>b
+    if isinstance(obj, memoryview):
+        b = memoryviewExporter(<PyObject*>obj)
+        return None if b == NULL else <object>b
+    return None
 
 
 cdef int checkDeviceLike(object device, object like) except -1:

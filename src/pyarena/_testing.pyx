@@ -17,7 +17,9 @@ from pyarena._mspan cimport (initSpan, sweep, nextFreeIndex, nextFreeFast, objIn
 from pyarena._mheap cimport spanOf, arenaOf
 from pyarena._persistentalloc cimport inPersistentAlloc
 from pyarena._heap cimport Heap
-from pyarena._mcache cimport dropLargeSpare
+from pyarena._mcache cimport dropLargeSpare, getmcacheGIL
+from pyarena._mcentral cimport freeSlot
+from pyarena._mspan cimport freeSlotLocal
 
 STATES = {mSpanDead: "dead", mSpanInUse: "inuse", mSpanFree: "free"}
 LISTS = {inNoList: None, inPartial: "partial", inFull: "full", inFreePages: "free",
@@ -73,7 +75,7 @@ def in_persistent_alloc(Heap heap, uintptr_t addr):
 def cached_spans(Heap heap):
     """{sizeclass: span dict} of the calling thread's cache, and its tiny
     block as (address, offset) or None."""
-    cdef mcache* c = heap._cache()
+    cdef mcache* c = getmcacheGIL(heapOf(heap))
     cdef int i
     out = {}
     for i in range(NUM_SIZE_CLASSES):
@@ -207,6 +209,7 @@ cdef class SpanSim:
         self.s.npages = pyarena_class_to_allocnpages[sizeclass]
         self.s.state = mSpanInUse
         initSpan(self.s, sizeclass, False)
+        self.s.incache = 1
 
     def __dealloc__(self):
         free(self.s)
@@ -234,16 +237,20 @@ cdef class SpanSim:
         return None if v == 0 else (v - PAGE_SIZE) // self.s.elemsize
 
     def free(self, unsigned int idx, bint local=False):
-        """Record slot idx freed (as Python dropping its last reference):
-        by another thread (freeBits), or by the owner (localFreeBits)."""
-        if idx >= self.s.nelems or not isAllocated(self.s, idx) or isFreed(self.s, idx):
+        """Record slot idx freed (as Python dropping its last reference),
+        through the allocator's own free paths: by another thread
+        (_mcentral.freeSlot: freeBits, atomically) or by the owner
+        (_mspan.freeSlotLocal). The span counts as cached (incache), as a
+        span being allocated from is, so freeSlot never looks for its
+        mcentral. ValueError where _malloc.freeObject would refuse: a slot
+        not allocated (its isAllocated test), or freed already (the free
+        path's own answer)."""
+        cdef bint ok
+        if idx >= self.s.nelems or not isAllocated(self.s, idx):
             raise ValueError(f"slot {idx} is not allocated")
-        if local:
-            self.s.localFreeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
-            self.s.nfreedLocal += 1
-        else:
-            self.s.freeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
-            self.s.nfreed += 1
+        ok = freeSlotLocal(self.s, idx) if local else freeSlot(NULL, self.s, idx)
+        if not ok:
+            raise ValueError(f"slot {idx} was freed already")
 
     def sweep(self):
         sweep(self.s)
@@ -257,25 +264,10 @@ cdef class SpanSim:
         return spanDict(self.s)
 
 
-# -- floors for the benchmarks ----------------------------------------------
-
-from pyarena._ndarray cimport wrapArray, npy_intp
-cdef char _floorData[1 << 16]
-
-
-def wrap_static(Py_ssize_t nbytes, object descr):
-    """One uint8 ndarray over static memory, per call from Python: the
-    least a Python-callable array constructor can cost (no allocator, no
-    argument parsing beyond this signature)."""
-    cdef npy_intp dims[1]
-    dims[0] = nbytes if nbytes <= (1 << 16) else (1 << 16)
-    return wrapArray(descr, 1, dims, _floorData, False, None)
-
-
 def drop_large_spare(Heap heap):
     """Give the calling thread's large spare back to the page heap, as if
     another large free had replaced it; True if there was one."""
-    cdef mcache* c = heap._cache()
+    cdef mcache* c = getmcacheGIL(heapOf(heap))
     cdef bint had = c.largeSpare != NULL
     dropLargeSpare(c)
     return had
@@ -283,5 +275,5 @@ def drop_large_spare(Heap heap):
 
 def large_spare(Heap heap):
     """Start address of the calling thread's large spare, or None."""
-    cdef mcache* c = heap._cache()
+    cdef mcache* c = getmcacheGIL(heapOf(heap))
     return None if c.largeSpare == NULL else c.largeSpare.startAddr

@@ -1,11 +1,11 @@
-"""Typed allocation: Go's newobject and newarray (and reflect's unsafe_New,
-unsafe_NewArray), with Python's runtime types in place of Go's _type.
-
-A type is either a NumPy dtype (anything ``numpy.dtype`` accepts) or a
-ctypes type: a simple type, a Structure or Union subclass, an array type
-or a pointer type. Memory for it comes zeroed from a Heap or an Arena; a
-dtype gives a NumPy array, a ctypes type an instance of it living in that
-memory (``t.from_buffer``), which keeps the memory alive.
+"""Typed allocation's view of ctypes: Go's newobject and newarray (and
+reflect's unsafe_New, unsafe_NewArray) take a runtime type; here that is a
+NumPy dtype (read by _ndarray) or a ctypes type, read here: a simple type,
+a Structure or Union subclass, an array type or a pointer type. The face
+(_face.pyx: Allocator.new and newarray) allocates zeroed memory of the
+type's size and alignment from a Heap or an Arena and makes the value: a
+ctypes type gives an instance living in that memory (``t.from_buffer`` of
+a Block of exactly its size), which keeps the memory alive.
 
 Types that would put Python object references into the memory (dtype
 object, ctypes.py_object, structures containing them) are refused: nothing
@@ -15,18 +15,11 @@ would keep those objects alive.
 from __future__ import annotations
 
 import ctypes
-import operator
 
-import numpy as np
-
-__all__ = ["is_ctypes_type", "ctypes_layout", "array_bytes", "dtype_itemsize"]
+__all__ = ["is_ctypes_type", "ctypes_layout"]
 
 _CTYPES_BASES = (ctypes._SimpleCData, ctypes.Structure, ctypes.Union, ctypes.Array,
                  ctypes._Pointer)
-
-# Go's maxAlloc on linux/amd64 (as in _heap.pyx): no request past it can be met.
-MAX_ALLOC = 1 << 47
-_SIZE_MAX = (1 << 64) - 1
 
 
 def is_ctypes_type(t) -> bool:
@@ -66,27 +59,3 @@ def ctypes_layout(t) -> tuple[int, int]:
             _layouts.clear()
         _layouts[t] = got
     return got
-
-
-def dtype_itemsize(t) -> int:
-    """Itemsize of a dtype argument, refusing object dtypes."""
-    d = np.dtype(t)
-    if d.hasobject:
-        raise TypeError(f"pyarena memory cannot hold Python object references: dtype {d}")
-    return d.itemsize
-
-
-def array_bytes(size: int, n) -> int:
-    """n * size for newarray, checked as Go's newarray checks it, before any
-    memory is touched: n < 0 is a ValueError; a product past size_t is an
-    OverflowError and one past the address space a MemoryError, both with
-    Go's message "allocation size out of range"."""
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"negative count: {n}")
-    if size and n > _SIZE_MAX // size:
-        raise OverflowError("allocation size out of range")
-    total = n * size
-    if total > MAX_ALLOC:
-        raise MemoryError("allocation size out of range")
-    return total

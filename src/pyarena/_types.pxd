@@ -26,9 +26,14 @@
 #   - mcentral.lock guards a class's lists and the spans on them (and
 #     sweeping a span that is not cached); mheap.lock guards the page heap,
 #     arenas, metadata allocators, the cache list and page statistics;
-#     lock order: central, then heap; the thread-cache registry
+#     lock order: central, then heap; the registry of live heaps
 #     (_mcache.pyx) is taken before either, never inside;
-#   - statistics counters updated from free paths are atomic adds.
+#   - a thread finds its cache through mheap.tcache, slots written only by
+#     the thread the cache belongs to and checked against mcache.owner, so
+#     a stale or colliding slot is never taken for the thread's own;
+#   - statistics counters updated from free paths are atomic adds;
+#   - the user-arena chunk pool (mheap.chunkPool) is touched with the GIL
+#     held only: arenas are Python objects.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t, int32_t
 
@@ -51,6 +56,16 @@ cdef extern from "pyarena_atomic.h" nogil:
     void pa_store16(uint16_t* p, uint16_t v)
     void* pa_loadptr(void* const* p)
     void pa_storeptr(void** p, void* v)
+
+cdef extern from "pyarena_capi.h" nogil:
+    # The public C-level function table (see pyarena_capi.h).
+    ctypedef struct pyarena_allocator:
+        void* ctx
+        void* (*malloc)(void* ctx, size_t size) noexcept nogil
+        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
+        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
+        void (*free)(void* ctx, void* ptr) noexcept nogil
+        size_t (*usable_size)(void* ctx, void* ptr) noexcept nogil
 
 cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_size[]
@@ -101,6 +116,11 @@ cdef enum:
     CLEAR_CHUNK = 256 << 10
     # Chunks cleared between two looks at pending signals (1 MiB).
     CLEAR_GIL_CHUNKS = 4
+    # mheap.tcache: slots of the thread -> mcache lookup (a power of two;
+    # more threads than this still work, through getmcacheSlow).
+    TCACHE_SLOTS = 64
+    # Arena chunks a heap keeps for reuse after their arena is done.
+    CHUNK_POOL_MAX = 4
 
 
 cdef extern from *:
@@ -227,6 +247,8 @@ cdef struct mcache:
     mheap* heap
     mcache* next              # the heap's list of live caches
     mcache* prev
+    uintptr_t owner           # its thread's thread pointer (getmcache); not
+                              # the first word, which fixalloc's free list uses
     mspan* alloc[NUM_SIZE_CLASSES]  # &emptymspan when none
     uintptr_t tiny            # current tiny block, 0 if none
     uintptr_t tinyoffset
@@ -261,6 +283,18 @@ cdef struct mheap:
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
     uint8_t closed                      # Heap.close(): no more allocation
+    # The C-level API's function table for this heap (pyarena_capi.h).
+    pyarena_allocator capi
+    # getmcache's lookup, by a hash of the thread pointer. A slot holds the
+    # cache of the last thread that missed there; a reader checks
+    # owner == its own thread pointer. Written only by the cache's own
+    # thread (install, and clear when its caches go back).
+    mcache* tcache[TCACHE_SLOTS]
+    # User-arena chunks given back by their arenas, with how far each may
+    # hold old data (Go: mheap.userArena's reuse list). GIL held.
+    mspan* chunkPool[CHUNK_POOL_MAX]
+    uintptr_t chunkDirty[CHUNK_POOL_MAX]
+    int npool
     heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
     heapArena* allArenas
     arenaReservation* reservations

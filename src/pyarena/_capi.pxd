@@ -1,0 +1,8 @@
+# The C-level API and the NEP 49 handler. See _capi.pyx.
+from libc.stdint cimport uintptr_t
+from pyarena._types cimport mheap, pyarena_allocator
+
+cdef void initAllocator(mheap* h) noexcept nogil
+cdef const pyarena_allocator* closedAllocator() noexcept nogil
+cdef object newHandlerCapsule(mheap* h)
+cdef void reportInvalidFree(mheap* h, void* p, int why) noexcept nogil

@@ -1,0 +1,242 @@
+# cython: language_level=3
+"""The C-level API and the NumPy data-memory handler (NEP 49): a heap's
+allocation with C's meanings, for code that is not Python.
+
+Both are tables of C function pointers over one mheap, made here:
+
+- pyarena_allocator (pyarena_capi.h): malloc, calloc, realloc, free and
+  usable_size, which a Heap hands out (Heap._capi, the head of the object,
+  so that `heap.malloc(n)` from Cython is one indirect call; see
+  pyarena/__init__.pxd). It lives in the mheap, with ctx = the mheap.
+- PyDataMem_Handler, in a "mem_handler" capsule: NumPy's malloc, calloc,
+  realloc and free(ctx, p, size). The capsule holds a reference to the
+  mheap (releaseHeap in its destructor), so an array that owns heap memory
+  keeps the heap mapped, after close() and after the Heap object is gone.
+
+Every function runs without the GIL, from any thread, and never raises:
+no memory is NULL; a closed heap allocates nothing (NULL; NumPy raises
+MemoryError) but still frees; a free of a pointer the heap does not hold
+live is reported with a RuntimeWarning, counted in invalid_frees and
+ignored (reportInvalidFree), never corrupting the heap: spanOf and the
+allocation bits decide, from the address alone.
+"""
+
+from libc.stdint cimport uintptr_t
+from libc.string cimport memcpy, strncpy
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
+from pyarena._types cimport mheap, mcache, mspan, pyarena_allocator, pa_add64
+from pyarena._mcache cimport getmcache, peekmcache, releaseHeap
+from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLargeNogil, liveObject,
+                              FREE_OK, FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START,
+                              FREE_NOT_ALLOCATED)
+from pyarena._ndarray cimport PyDataMem_Handler
+
+import warnings
+
+# The zero-size address (_malloc.zerobase), read once: the free paths
+# compare every pointer with it.
+cdef uintptr_t ZEROBASE = zerobaseAddr()
+
+
+cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
+    """At least size bytes, 16-aligned (as C's malloc), zeroed if asked; 0
+    without memory or from a closed heap; the zero-size address for 0."""
+    cdef mcache* c
+    cdef mspan* large
+    cdef uintptr_t p
+    cdef int cls
+    if h.closed:
+        return 0
+    if size == 0:
+        return ZEROBASE
+    c = getmcache(h)
+    if c == NULL:
+        return 0
+    p = mallocgc(c, size, 16, zero, &cls, &large)
+    if large != NULL:
+        clearLargeNogil(h, large, size)
+    return p
+
+
+cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
+    cdef uintptr_t start, size
+    if p == 0 or p == ZEROBASE or liveObject(h, p, &start, &size) == NULL:
+        return 0
+    return start + size - p
+
+
+cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
+    """C's realloc: the contents up to the smaller size are kept;
+    realloc(NULL, n) is malloc(n). NULL, and p untouched, on failure, for
+    a pointer that is not a live allocation's start, or from a closed heap."""
+    cdef size_t old
+    cdef void* q
+    cdef uintptr_t start, slot
+    if h.closed:
+        return NULL
+    if p == NULL or <uintptr_t>p == ZEROBASE:
+        return <void*>heapMalloc(h, size, False)
+    if liveObject(h, <uintptr_t>p, &start, &slot) == NULL:
+        reportInvalidFree(h, p, FREE_NOT_ALLOCATED)
+        return NULL
+    if start != <uintptr_t>p:
+        reportInvalidFree(h, p, FREE_NOT_OBJECT_START)
+        return NULL
+    old = slot
+    if size <= old and size > old // 2:
+        return p
+    q = <void*>heapMalloc(h, size, False)
+    if q == NULL:
+        return NULL
+    memcpy(q, p, old if old < size else size)
+    heapFree(h, p)
+    return q
+
+
+cdef void heapFree(mheap* h, void* p) noexcept nogil:
+    cdef int r
+    if p == NULL or <uintptr_t>p == ZEROBASE:
+        return
+    r = freeObject(h, peekmcache(h), <uintptr_t>p, False)
+    if r != FREE_OK:
+        reportInvalidFree(h, p, r)
+
+
+cdef void reportInvalidFree(mheap* h, void* p, int why) noexcept nogil:
+    """Count a bad free and warn (RuntimeWarning) rather than corrupt."""
+    pa_add64(&h.invalidFrees, 1)
+    with gil:
+        what = {FREE_NOT_IN_HEAP: "not in this heap",
+                FREE_NOT_OBJECT_START: "not the start of an allocation",
+                FREE_NOT_ALLOCATED: "not allocated (freed twice?)"}.get(why, "invalid")
+        try:
+            warnings.warn(f"pyarena: free of {<uintptr_t>p:#x} ignored: {what}",
+                          RuntimeWarning, stacklevel=2)
+        except BaseException:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# pyarena_allocator: the C-level API (ctx is the mheap).
+
+cdef void* capiMalloc(void* ctx, size_t size) noexcept nogil:
+    return <void*>heapMalloc(<mheap*>ctx, size, False)
+
+
+cdef void* capiCalloc(void* ctx, size_t n, size_t size) noexcept nogil:
+    if size and n > (<size_t>-1) // size:
+        return NULL
+    return <void*>heapMalloc(<mheap*>ctx, n * size, True)
+
+
+cdef void* capiRealloc(void* ctx, void* p, size_t size) noexcept nogil:
+    return heapRealloc(<mheap*>ctx, p, size)
+
+
+cdef void capiFree(void* ctx, void* p) noexcept nogil:
+    heapFree(<mheap*>ctx, p)
+
+
+cdef size_t capiUsableSize(void* ctx, void* p) noexcept nogil:
+    return usableSize(<mheap*>ctx, <uintptr_t>p)
+
+
+cdef void initAllocator(mheap* h) noexcept nogil:
+    """Fill h.capi, the heap's C-level function table."""
+    h.capi.ctx = h
+    h.capi.malloc = capiMalloc
+    h.capi.calloc = capiCalloc
+    h.capi.realloc = capiRealloc
+    h.capi.free = capiFree
+    h.capi.usable_size = capiUsableSize
+
+
+# A Heap whose mheap has been unmapped (closed with nothing alive) points
+# at this table: nothing can be allocated, and it has no pointers to free.
+
+cdef void* closedMalloc(void* ctx, size_t size) noexcept nogil:
+    return NULL
+
+
+cdef void* closedCalloc(void* ctx, size_t n, size_t size) noexcept nogil:
+    return NULL
+
+
+cdef void* closedRealloc(void* ctx, void* p, size_t size) noexcept nogil:
+    return NULL
+
+
+cdef void closedFree(void* ctx, void* p) noexcept nogil:
+    pass
+
+
+cdef size_t closedUsableSize(void* ctx, void* p) noexcept nogil:
+    return 0
+
+
+cdef pyarena_allocator _closed
+_closed.ctx = NULL
+_closed.malloc = closedMalloc
+_closed.calloc = closedCalloc
+_closed.realloc = closedRealloc
+_closed.free = closedFree
+_closed.usable_size = closedUsableSize
+
+
+cdef const pyarena_allocator* closedAllocator() noexcept nogil:
+    return &_closed
+
+
+# ---------------------------------------------------------------------------
+# NumPy's handler (ctx is the mheap; the capsule holds a reference).
+# NumPy may ask for 0 bytes and expects a pointer it can free: 1 byte then.
+
+cdef void* handlerMalloc(void* ctx, size_t size) noexcept nogil:
+    return <void*>heapMalloc(<mheap*>ctx, size if size else 1, False)
+
+
+cdef void* handlerCalloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
+    if elsize and nelem > (<size_t>-1) // elsize:
+        return NULL
+    return <void*>heapMalloc(<mheap*>ctx, nelem * elsize if nelem * elsize else 1, True)
+
+
+cdef void* handlerRealloc(void* ctx, void* p, size_t size) noexcept nogil:
+    return heapRealloc(<mheap*>ctx, p, size if size else 1)
+
+
+cdef void handlerFree(void* ctx, void* p, size_t size) noexcept nogil:
+    # NumPy's size is not trusted (it can differ from what was asked):
+    # spanOf finds the object from the address alone.
+    heapFree(<mheap*>ctx, p)
+
+
+cdef void handlerCapsuleDestructor(object cap) noexcept:
+    cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyCapsule_GetPointer(cap, b"mem_handler")
+    if handler == NULL:
+        return
+    releaseHeap(<mheap*>handler.allocator.ctx)
+    PyMem_RawFree(handler)
+
+
+cdef object newHandlerCapsule(mheap* h):
+    """A PyDataMem_Handler capsule for h, holding a reference to it."""
+    cdef PyDataMem_Handler* handler = <PyDataMem_Handler*>PyMem_RawCalloc(1, sizeof(PyDataMem_Handler))
+    if handler == NULL:
+        raise MemoryError("cannot allocate a NumPy memory handler")
+    strncpy(handler.name, b"pyarena", 127)
+    handler.version = 1
+    handler.allocator.ctx = h
+    handler.allocator.malloc = handlerMalloc
+    handler.allocator.calloc = handlerCalloc
+    handler.allocator.realloc = handlerRealloc
+    handler.allocator.free = handlerFree
+    try:
+        cap = PyCapsule_New(handler, b"mem_handler",
+                            <PyCapsule_Destructor>handlerCapsuleDestructor)
+    except BaseException:
+        PyMem_RawFree(handler)
+        raise
+    h.refs += 1
+    return cap
