@@ -22,6 +22,7 @@ from pyarena._sizeclasses import (
 )
 from pyarena._mstats import MemStats, SizeClassStats
 from pyarena._face import Allocator, Block
+from pyarena._mcheck import HeapCorruptionError, HeapProblem
 from pyarena._heap import (
     Heap, alloc, default_heap, release, stats,
     zeros, empty, full, zeros_like, empty_like, full_like,
@@ -44,7 +45,7 @@ def get_include() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 __all__ = [
-    "Allocator", "Block", "Heap", "MemStats", "SizeClass", "SizeClassStats",
+    "Allocator", "Block", "Heap", "HeapCorruptionError", "HeapProblem", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
     "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
     "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes",

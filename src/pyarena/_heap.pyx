@@ -30,6 +30,7 @@ from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, li
                               dropUserArenaChunks)
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._capi cimport initAllocator, closedAllocator, newHandlerCapsule
+from pyarena._mcheck cimport checkHeap
 from pyarena._ndarray cimport checkDeviceLike, arrayHandler, emptyBase
 from pyarena._mstats import MemStats, SizeClassStats
 
@@ -226,6 +227,33 @@ cdef class Heap(Allocator):
             invalid_frees=invalid,
             by_size=by_size,
         )
+
+    def check(self):
+        """Walk every span and object of the heap and check its invariants:
+        the page heap, every span's bitmaps, allocCache and counts, the
+        central lists, and the MemStats identities.
+
+        Safe from any thread, whatever the damage: it holds the heap's
+        locks while it reads, and never follows a pointer it has not
+        checked. Spans another thread is allocating from at that moment are
+        checked only for what cannot change under it, and the object count
+        identity only when no other thread has a cache of this heap.
+
+        Returns
+        -------
+        int
+            The number of live objects checked (tiny values counted one by
+            one; arena chunks as one object each).
+
+        Raises
+        ------
+        HeapCorruptionError
+            A ``RuntimeError`` whose ``problems`` lists every finding as a
+            ``HeapProblem(kind, address, size)``.
+        """
+        if self.h == NULL:
+            return 0
+        return checkHeap(self.h)
 
     def numpy_handler(self):
         """This heap as a NumPy data-memory handler (NEP 49): a

@@ -41,6 +41,7 @@ cdef extern from *:
 # The registry of live heaps and heap lifetime.
 cdef void registerHeap(mheap* h) noexcept nogil
 cdef void releaseHeap(mheap* h) noexcept nogil
+cdef int liveHeaps(mheap** out, int n) noexcept nogil
 
 # Caches.
 cdef mcache* getmcacheSlow(mheap* h) noexcept nogil

@@ -130,6 +130,23 @@ cdef void releaseHeap(mheap* h) noexcept nogil:
     mheap_destroy(h)
 
 
+cdef int liveHeaps(mheap** out, int n) noexcept nogil:
+    """Up to n live heaps into out; how many there are. The heaps stay
+    alive only while the caller holds the GIL (a heap dies with the GIL
+    held, in releaseHeap)."""
+    cdef mheap* h
+    cdef int k = 0
+    pa_lock(&_registry)
+    h = _liveHeaps
+    while h != NULL:
+        if k < n:
+            out[k] = h
+        k += 1
+        h = h.regNext
+    pa_unlock(&_registry)
+    return k
+
+
 cdef mheap* registryFind(uint64_t serial) noexcept nogil:
     """The live heap with this serial, or NULL. Registry lock held."""
     cdef mheap* h = _liveHeaps

@@ -17,7 +17,8 @@ from pyarena._mspan cimport (initSpan, sweep, nextFreeIndex, nextFreeFast, objIn
 from pyarena._mheap cimport spanOf, arenaOf
 from pyarena._persistentalloc cimport inPersistentAlloc
 from pyarena._heap cimport Heap
-from pyarena._mcache cimport dropLargeSpare, getmcacheGIL
+from pyarena._mcache cimport dropLargeSpare, getmcacheGIL, liveHeaps
+from pyarena._mcheck cimport checkHeap
 from pyarena._mcentral cimport freeSlot
 from pyarena._mspan cimport freeSlotLocal
 
@@ -277,3 +278,53 @@ def large_spare(Heap heap):
     """Start address of the calling thread's large spare, or None."""
     cdef mcache* c = getmcacheGIL(heapOf(heap))
     return None if c.largeSpare == NULL else c.largeSpare.startAddr
+
+
+def check_all_heaps():
+    """Heap.check() on every heap alive in the process, Heap objects or
+    not (a heap kept mapped by its arrays alone too): the tests' fixture
+    runs it after every test. Returns the number of heaps checked."""
+    cdef mheap* hs[256]
+    cdef int n = liveHeaps(hs, 256)
+    cdef int i
+    if n > 256:
+        n = 256
+    for i in range(n):
+        checkHeap(hs[i])
+    return n
+
+
+def corrupt(Heap heap, uintptr_t addr, str what):
+    """Damage the metadata of the span holding addr, for tests of
+    Heap.check(): 'alloc_bits' flips the slot's allocBits bit, 'alloc_count'
+    adds one to allocCount, 'nfreed' adds one to nfreed, 'alloc_cache'
+    flips allocCache's low bit, 'free_bits' sets a freeBits bit of a slot
+    never allocated, 'spans_index' points the span's last page at a record
+    outside the heap's metadata, 'pages_released' adds one to the released
+    page count."""
+    cdef mheap* h = heapOf(heap)
+    cdef mspan* s = spanOf(h, addr)
+    cdef heapArena* ha
+    cdef uintptr_t idx, last
+    if s == NULL:
+        raise ValueError(f"{addr:#x} is not in an in-use span")
+    idx = 0 if s.sizeclass == 0 else objIndex(s, addr)
+    if what == "alloc_bits":
+        s.allocBits[idx >> 6] ^= (<uint64_t>1) << (idx & 63)
+    elif what == "alloc_count":
+        s.allocCount += 1
+    elif what == "nfreed":
+        s.nfreed += 1
+    elif what == "alloc_cache":
+        s.allocCache ^= 1
+    elif what == "free_bits":
+        idx = s.nelems - 1
+        s.freeBits[idx >> 6] |= (<uint64_t>1) << (idx & 63)
+    elif what == "spans_index":
+        last = s.startAddr + ((s.npages - 1) << PAGE_SHIFT)
+        ha = arenaOf(h, last)
+        ha.spans[(last - ha.base) >> PAGE_SHIFT] = <mspan*><uintptr_t>0xdead0000
+    elif what == "pages_released":
+        h.pagesReleased += 1
+    else:
+        raise ValueError(f"unknown damage {what!r}")
