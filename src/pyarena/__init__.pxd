@@ -18,28 +18,14 @@
 # Compile with include_dirs=[pyarena.get_include()].
 
 from cpython.object cimport PyObject
+# The function table a Heap hands out, for C code or for keeping in a
+# struct (a.malloc(a.ctx, n) and so on), and the same calls as functions
+# of a Heap object: see pyarena_capi.h.
+from pyarena._capi_h cimport (pyarena_allocator, pyarena_HeapObject, pyarena_heap_malloc,
+                              pyarena_heap_calloc, pyarena_heap_realloc, pyarena_heap_free,
+                              pyarena_heap_usable_size, pyarena_heap_allocator)
 
 cdef extern from "pyarena_capi.h" nogil:
-    # The function table itself, for C code or for keeping in a struct:
-    # a->malloc(a->ctx, n) and so on (see pyarena_capi.h).
-    ctypedef struct pyarena_allocator:
-        void* ctx
-        void* (*malloc)(void* ctx, size_t size) noexcept nogil
-        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
-        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
-        void (*free)(void* ctx, void* ptr) noexcept nogil
-        size_t (*usable_size)(void* ctx, void* ptr) noexcept nogil
-
-    ctypedef struct pyarena_HeapObject:
-        pass
-
-    void* pyarena_heap_malloc(PyObject* heap, size_t size)
-    void* pyarena_heap_calloc(PyObject* heap, size_t nelem, size_t elsize)
-    void* pyarena_heap_realloc(PyObject* heap, void* ptr, size_t size)
-    void pyarena_heap_free(PyObject* heap, void* ptr)
-    size_t pyarena_heap_usable_size(PyObject* heap, void* ptr)
-    const pyarena_allocator* pyarena_heap_allocator(PyObject* heap)
-
     # pyarena.Heap, as other packages see it: an opaque object with these
     # methods (no attribute of it is public). `cdef Heap h = obj` checks
     # that obj is a pyarena.Heap.

@@ -2,7 +2,7 @@ import ctypes
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, SupportsIndex, TypeAlias, TypeVar, overload
+from typing import Any, Literal, NamedTuple, SupportsIndex, TypeAlias, TypeVar, final, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -49,7 +49,7 @@ class SizeClass(NamedTuple):
 
 class Block:
     @property
-    def heap(self) -> Heap: ...
+    def heap(self) -> Heap | None: ...
     @property
     def address(self) -> int: ...
     @property
@@ -61,73 +61,36 @@ class Block:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
-class Heap:
-    def __init__(self) -> None: ...
+class Allocator:
+    """The allocation methods Heap and Arena share (see _face.pyx)."""
     def alloc(self, nbytes: int, *, zero: bool = ..., align: int | None = ...) -> Block: ...
-    def zeros(
-        self,
-        shape: _ShapeLike,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def empty(
-        self,
-        shape: _ShapeLike,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def full(
-        self,
-        shape: _ShapeLike,
-        fill_value: Any,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def zeros_like(
-        self,
-        a: ArrayLike,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
-    def empty_like(
-        self,
-        a: ArrayLike,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
-    def full_like(
-        self,
-        a: ArrayLike,
-        fill_value: Any,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
+    # NumPy's signatures (numpy.zeros and friends); device is 'cpu' or None,
+    # like= is refused.
+    def zeros(self, shape: _ShapeLike, dtype: DTypeLike = ..., order: _OrderCF = ..., *, device: _Device = ..., like: None = ...) -> NDArray[Any]: ...
+    def empty(self, shape: _ShapeLike, dtype: DTypeLike = ..., order: _OrderCF = ..., *, device: _Device = ..., like: None = ...) -> NDArray[Any]: ...
+    def full(self, shape: _ShapeLike, fill_value: Any, dtype: DTypeLike = ..., order: _OrderCF = ..., *, device: _Device = ..., like: None = ...) -> NDArray[Any]: ...
+    def zeros_like(self, a: ArrayLike, dtype: DTypeLike = ..., order: _OrderKACF = ..., subok: bool = ..., shape: _ShapeLike | None = ..., *, device: _Device = ...) -> NDArray[Any]: ...
+    def empty_like(self, a: ArrayLike, dtype: DTypeLike = ..., order: _OrderKACF = ..., subok: bool = ..., shape: _ShapeLike | None = ..., *, device: _Device = ...) -> NDArray[Any]: ...
+    def full_like(self, a: ArrayLike, fill_value: Any, dtype: DTypeLike = ..., order: _OrderKACF = ..., subok: bool = ..., shape: _ShapeLike | None = ..., *, device: _Device = ...) -> NDArray[Any]: ...
     def new(self, t: _AllocType) -> Any: ...
     def newarray(self, t: _AllocType, n: SupportsIndex) -> Any: ...
+    def owns(self, obj: int | Block | Buffer | np.ndarray[Any, Any]) -> bool: ...
+
+class HeapProblem(NamedTuple):
+    kind: str
+    address: int
+    size: int
+
+class HeapCorruptionError(RuntimeError):
+    problems: list[HeapProblem]
+    def __init__(self, problems: Sequence[HeapProblem]) -> None: ...
+
+@final
+class Heap(Allocator):
+    def __init__(self) -> None: ...
     def numpy_handler(self) -> CapsuleType: ...
-    def owns(self, obj: int | Block | Buffer) -> bool: ...
     def stats(self) -> MemStats: ...
+    def check(self) -> int: ...
     def release(self) -> int: ...
     def close(self) -> None: ...
     @property
@@ -144,71 +107,8 @@ class ArenaStats:
     large_values: int
     live_values: int
 
-class Arena:
-    def __init__(self, chunk_size: int = ..., heap: Heap | None = ...) -> None: ...
-    def alloc(self, nbytes: int, *, zero: bool = ..., align: int | None = ...) -> Block: ...
-    def zeros(
-        self,
-        shape: _ShapeLike,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def empty(
-        self,
-        shape: _ShapeLike,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def full(
-        self,
-        shape: _ShapeLike,
-        fill_value: Any,
-        dtype: DTypeLike = ...,
-        order: _OrderCF = ...,
-        *,
-        device: _Device = ...,
-        like: None = ...,
-    ) -> NDArray[Any]: ...
-    def zeros_like(
-        self,
-        a: ArrayLike,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
-    def empty_like(
-        self,
-        a: ArrayLike,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
-    def full_like(
-        self,
-        a: ArrayLike,
-        fill_value: Any,
-        dtype: DTypeLike = ...,
-        order: _OrderKACF = ...,
-        subok: bool = ...,
-        shape: _ShapeLike | None = ...,
-        *,
-        device: _Device = ...,
-    ) -> NDArray[Any]: ...
-    def new(self, t: _AllocType) -> Any: ...
-    def newarray(self, t: _AllocType, n: SupportsIndex) -> Any: ...
-    def owns(self, obj: int | Block | Buffer | ArrayLike) -> bool: ...
+class Arena(Allocator):
+    def __init__(self, chunk_size: SupportsIndex = ..., heap: Heap | None = ...) -> None: ...
     def stats(self) -> ArenaStats: ...
     def free(self, *, strict: bool = ...) -> None: ...
     @property
@@ -224,66 +124,23 @@ class Arena:
     def __enter__(self) -> Arena: ...
     def __exit__(self, *exc: object) -> Literal[False]: ...
 
+# The module-level face: the default heap's methods (mimalloc's mi_malloc
+# is mi_heap_malloc on the default heap), typed as those methods.
 def default_heap() -> Heap: ...
-def alloc(nbytes: int, *, zero: bool = ..., align: int | None = ...) -> Block: ...
-def zeros(
-    shape: _ShapeLike,
-    dtype: DTypeLike = ...,
-    order: _OrderCF = ...,
-    *,
-    device: _Device = ...,
-    like: None = ...,
-) -> NDArray[Any]: ...
-def empty(
-    shape: _ShapeLike,
-    dtype: DTypeLike = ...,
-    order: _OrderCF = ...,
-    *,
-    device: _Device = ...,
-    like: None = ...,
-) -> NDArray[Any]: ...
-def full(
-    shape: _ShapeLike,
-    fill_value: Any,
-    dtype: DTypeLike = ...,
-    order: _OrderCF = ...,
-    *,
-    device: _Device = ...,
-    like: None = ...,
-) -> NDArray[Any]: ...
-def zeros_like(
-    a: ArrayLike,
-    dtype: DTypeLike = ...,
-    order: _OrderKACF = ...,
-    subok: bool = ...,
-    shape: _ShapeLike | None = ...,
-    *,
-    device: _Device = ...,
-) -> NDArray[Any]: ...
-def empty_like(
-    a: ArrayLike,
-    dtype: DTypeLike = ...,
-    order: _OrderKACF = ...,
-    subok: bool = ...,
-    shape: _ShapeLike | None = ...,
-    *,
-    device: _Device = ...,
-) -> NDArray[Any]: ...
-def full_like(
-    a: ArrayLike,
-    fill_value: Any,
-    dtype: DTypeLike = ...,
-    order: _OrderKACF = ...,
-    subok: bool = ...,
-    shape: _ShapeLike | None = ...,
-    *,
-    device: _Device = ...,
-) -> NDArray[Any]: ...
+_default: Heap
+alloc = _default.alloc
+zeros = _default.zeros
+empty = _default.empty
+full = _default.full
+zeros_like = _default.zeros_like
+empty_like = _default.empty_like
+full_like = _default.full_like
+stats = _default.stats
+release = _default.release
+
 def numpy_allocator(heap: Heap | None = ...) -> AbstractContextManager[Heap, None]: ...
 def install_numpy_allocator(heap: Heap | None = ...) -> Heap: ...
 def uninstall_numpy_allocator() -> None: ...
 def get_include() -> str: ...
-def stats() -> MemStats: ...
-def release() -> int: ...
 def size_class(nbytes: int) -> tuple[int, int]: ...
 def size_classes() -> tuple[SizeClass, ...]: ...

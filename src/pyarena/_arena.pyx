@@ -38,7 +38,7 @@ from pyarena._heap cimport Heap
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._mcache cimport getmcacheGIL
 from pyarena._malloc cimport allocUserArenaChunk, freeUserArenaChunk
-from pyarena._mheap cimport nextDirtyPage, nextCleanPage
+from pyarena._mheap cimport nextDirtyRun
 
 cdef extern from "Python.h":
     Py_ssize_t Py_REFCNT(PyObject* o)
@@ -130,11 +130,7 @@ cdef class _Chunk:
             stop = upto if upto < self.dirtyEnd else self.dirtyEnd
             memset(<void*>a, 0, stop - a)
             a = stop
-        while a < upto:
-            a = nextDirtyPage(h, a, upto)
-            if a >= upto:
-                break
-            b = nextCleanPage(h, a, upto)
+        while nextDirtyRun(h, &a, upto, &b):
             memset(<void*>a, 0, b - a)
             a = b
         self.mapped = upto

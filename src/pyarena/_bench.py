@@ -10,7 +10,8 @@ Tables:
 - zeros: ``pyarena.zeros(n bytes, uint8)`` against ``numpy.zeros``, for
   "allocate and drop" and for "allocate, write one byte per 4 KiB page,
   drop" (the second pays for page faults where memory is fresh).
-- blocks: ``Heap.alloc`` against ``bytearray``, the raw-buffer peers.
+- blocks: ``Heap.alloc`` against the raw-buffer peers: ``bytearray``, and
+  cymem's ``Address`` when cymem is installed.
 - C level and NumPy handler: see _bench_c.py.
 """
 
@@ -115,11 +116,18 @@ def run(quick: bool = False, progress: bool = True) -> dict:
             cells.append(dict(table="zeros", loop=loop_name, size=n, label=_label(n),
                               pyarena_ns=a, peer="numpy.zeros", peer_ns=b, ratio=a / b))
     alloc = heap.alloc
+    peers = [("bytearray", bytearray)]
+    try:
+        from cymem.cymem import Address    # cymem's zeroed buffer, from Python
+        peers.append(("cymem.Address", lambda n: Address(1, n)))
+    except ImportError:
+        pass
     for n in BLOCK_SIZES:
         prog.step(f"blocks {_label(n)}")
-        a, b = _cell(_drop_loop(alloc, n), _drop_loop(bytearray, n), rounds, budget)
-        cells.append(dict(table="blocks", loop="alloc+drop", size=n, label=_label(n),
-                          pyarena_ns=a, peer="bytearray", peer_ns=b, ratio=a / b))
+        for name, peer in peers:
+            a, b = _cell(_drop_loop(alloc, n), _drop_loop(peer, n), rounds, budget)
+            cells.append(dict(table="blocks", loop="alloc+drop", size=n, label=_label(n),
+                              pyarena_ns=a, peer=name, peer_ns=b, ratio=a / b))
     prog.close()
     st = heap.stats()
     heap.close()
@@ -156,11 +164,12 @@ def format_table(results: dict) -> str:
                    f" {d['ratio']:5.2f} | {_fmt_ns(t['pyarena_ns']):>9}"
                    f" {_fmt_ns(t['peer_ns']):>9} {t['ratio']:5.2f}")
     out.append("")
-    out.append("raw buffers: Heap.alloc vs bytearray (both zeroed), alloc+drop")
-    out.append(f"{'size':>8} | {'pyarena':>9} {'bytearray':>9} {'ratio':>5}")
+    out.append("raw buffers: Heap.alloc vs bytearray and (when installed) cymem.Address, "
+               "all zeroed, alloc+drop")
+    out.append(f"{'size':>8} | {'peer':>14} | {'pyarena':>9} {'peer':>9} {'ratio':>5}")
     for c in results["cells"]:
         if c["table"] == "blocks":
-            out.append(f"{c['label']:>8} | {_fmt_ns(c['pyarena_ns']):>9}"
+            out.append(f"{c['label']:>8} | {c['peer']:>14} | {_fmt_ns(c['pyarena_ns']):>9}"
                        f" {_fmt_ns(c['peer_ns']):>9} {c['ratio']:5.2f}")
     from pyarena import _bench_c
     out.extend(_bench_c.format_tables(results))

@@ -1,9 +1,11 @@
 """The C-level and NumPy-handler tables of ``python -m pyarena bench``.
 
 - C level: the C API's malloc+free pair, and batches of 100,000 mallocs
-  then frees, beside libc malloc/free, PyMem_Malloc/PyMem_Free and (when
-  installed) cymem's Pool, each timed in a C loop (_cbench.pyx; cymem's
-  twin is compiled on first use, since cymem is not a dependency).
+  then frees, beside libc malloc/free and PyMem_Malloc/PyMem_Free, each
+  timed in a C loop (_cbench.pyx, which reaches the heap through the public
+  C-level API, as another package would). cymem, when installed, is timed
+  from Python over its own API in the raw-buffer table (_bench.py): the
+  library compiles nothing at run time.
 - NumPy handler: NumPy arithmetic on temporaries of 1 KiB to 64 MiB with
   NumPy's default data allocator and with pyarena's (numpy_allocator), each
   run in a fresh process, alternating, with its peak RSS. Each process runs
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,111 +25,23 @@ from pyarena import _cbench
 from pyarena._bench import Progress, _label
 
 C_SIZES = (16, 64, 256, 1 << 10, 8 << 10)
-C_KINDS = ("pyarena", "libc", "pymem", "cymem")
+C_KINDS = ("pyarena", "libc", "pymem")
 WORKLOAD_SIZES = (1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20)
 BATCH = 100_000
-
-CYMEM_PYX = """# cython: language_level=3
-from cymem.cymem cimport Pool
-from libc.stdlib cimport malloc, free
-cdef extern from *:
-    '''
-    #include <time.h>
-    static void *volatile cymem_bench_sink;
-    static unsigned long long cymem_now(void) { struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec * 1000000000ULL + ts.tv_nsec; }
-    '''
-    void* sink "cymem_bench_sink"
-    unsigned long long now "cymem_now"()
-
-def pair_ns(size_t size, Py_ssize_t reps):
-    global sink
-    cdef Pool pool = Pool()
-    cdef Py_ssize_t i
-    cdef void* p
-    cdef unsigned long long t0 = now()
-    for i in range(reps):
-        p = pool.alloc(1, size)
-        (<char*>p)[0] = <char>i
-        sink = p
-        pool.free(p)
-    return (now() - t0) / <double>reps
-
-def batch_ns(size_t size, Py_ssize_t n):
-    global sink
-    cdef Pool pool = Pool()
-    cdef Py_ssize_t i
-    cdef void** ptrs = <void**>malloc(n * sizeof(void*))
-    cdef unsigned long long t0 = now()
-    for i in range(n):
-        ptrs[i] = pool.alloc(1, size)
-        (<char*>ptrs[i])[0] = <char>i
-        sink = ptrs[i]
-    for i in range(n):
-        pool.free(ptrs[i])
-    cdef unsigned long long t = now() - t0
-    free(ptrs)
-    return t / <double>n
-"""
-
-
-def cymem_loops():
-    """The cymem twin of _cbench, compiled now and cached per machine; None
-    when cymem or Cython is missing or the build fails."""
-    try:
-        import cymem  # noqa: F401
-        import Cython
-    except ImportError:
-        return None
-    import hashlib
-    import importlib.util
-    import tempfile
-    key = hashlib.sha1((CYMEM_PYX + sys.version + Cython.__version__).encode()).hexdigest()[:12]
-    base = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                        "pyarena-bench", key)
-    os.makedirs(base, exist_ok=True)
-    found = [f for f in os.listdir(base) if f.startswith("cymem_loops") and f.endswith(".so")]
-    if not found:
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "cymem_loops.pyx"), "w") as f:
-                f.write(CYMEM_PYX)
-            with open(os.path.join(tmp, "setup.py"), "w") as f:
-                f.write("from setuptools import setup\nfrom Cython.Build import cythonize\n"
-                        "setup(ext_modules=cythonize(['cymem_loops.pyx'], quiet=True))\n")
-            r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp,
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                return None
-            for f in os.listdir(tmp):
-                if f.startswith("cymem_loops") and f.endswith(".so"):
-                    os.replace(os.path.join(tmp, f), os.path.join(base, f))
-                    found = [f]
-    if not found:
-        return None
-    spec = importlib.util.spec_from_file_location("cymem_loops", os.path.join(base, found[0]))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def run_c_level(quick: bool = False, progress: bool = True) -> dict:
     """ns per malloc+free pair and per allocation in a batch, each
     allocator in turn within every round (interleaved), medians."""
     rounds = 3 if quick else 11
     pair_reps = 100_000 if quick else 400_000
-    cym = cymem_loops()
-    kinds = [k for k in C_KINDS if k != "cymem" or cym is not None]
+    kinds = list(C_KINDS)
     heap = pyarena.Heap()
     prog = Progress(len(C_SIZES), progress)
 
     def pair(kind, size, reps):
-        if kind == "cymem":
-            return cym.pair_ns(size, reps)
         return _cbench.pair_ns(kind, size, reps, heap)
 
     def batch(kind, size):
-        if kind == "cymem":
-            return cym.batch_ns(size, BATCH)
         return _cbench.batch_ns(kind, size, BATCH, heap)
 
     rows = []
@@ -148,8 +61,7 @@ def run_c_level(quick: bool = False, progress: bool = True) -> dict:
                          batch={k: statistics.median(v) for k, v in batches.items()}))
     prog.close()
     heap.close()
-    return dict(rounds=rounds, kinds=kinds, rows=rows,
-                note=None if cym is not None else "cymem not installed (pip install cymem)")
+    return dict(rounds=rounds, kinds=kinds, rows=rows, note=None)
 
 
 WORKLOAD = """

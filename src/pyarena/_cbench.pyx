@@ -1,9 +1,9 @@
 # cython: language_level=3
 """C-level allocation loops for ``python -m pyarena bench`` and asv: the
 allocator's C API beside libc malloc/free and PyMem_Malloc/PyMem_Free, timed
-in C so that no Python call is in the loop. (cymem's Pool is timed by a
-twin of these loops compiled at benchmark time, see _bench.py, since
-cymem is not a dependency.)
+in C so that no Python call is in the loop. The heap is reached through
+the public C-level API (`from pyarena cimport Heap`), as another package
+reaches it. The engine of the bench's C-level table (_bench_c.py).
 """
 
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free

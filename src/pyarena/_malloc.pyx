@@ -18,10 +18,16 @@ The pieces, bottom up (one module each):
                       nextFreeIndex, sweep.
     _mcentral         per size class, spans no thread allocates from.
     _mcache           per thread and heap, the span each class allocates
-                      from now and the tiny block.
+                      from now, the tiny block and the large spare; how a
+                      thread finds its cache; the registry of live heaps.
     _malloc           this module: mallocgc's small, tiny and large paths,
-                      free, and the chunked clear.
-    _heap             the Python objects: Heap, Block, the default heap.
+                      free, the chunked clear, user-arena chunks.
+
+Above them, the faces (see docs/design.md for the map): _capi, the C-level
+API and the NEP 49 handler; _face, the allocation methods every allocator
+has (Allocator, Block), written once over a raw placement; _heap, the Heap
+(an Allocator over its own mheap) and the default heap; _arena, the Arena;
+_mcheck, Heap.check().
 
 Allocating a small object goes up the hierarchy only as far as it must:
 
@@ -63,7 +69,7 @@ from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, p
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
     freeSlotLocal
 from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache
-from pyarena._mheap cimport freeSpan, spanOf, nextDirtyPage, nextCleanPage
+from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
 
 
 # The base address of all zero-byte allocations (Go: zerobase). Nothing is
@@ -197,11 +203,7 @@ cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
     if s.freshindex:
         # A large spare: every page was written; its scav bits are stale.
         return memclrNoHeapPointersChunked(<char*>a, end - a)
-    while a < end:
-        a = nextDirtyPage(h, a, end)
-        if a >= end:
-            break
-        b = nextCleanPage(h, a, end)
+    while nextDirtyRun(h, &a, end, &b):
         memclrNoHeapPointersChunked(<char*>a, b - a)
         a = b
     return 0
@@ -218,11 +220,7 @@ cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil:
     if s.freshindex:
         memset(<void*>a, 0, end - a)
         return
-    while a < end:
-        a = nextDirtyPage(h, a, end)
-        if a >= end:
-            break
-        b = nextCleanPage(h, a, end)
+    while nextDirtyRun(h, &a, end, &b):
         memset(<void*>a, 0, b - a)
         a = b
 

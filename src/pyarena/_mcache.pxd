@@ -60,34 +60,35 @@ cdef void keepLargeSpare(mcache* c, mspan* s) noexcept nogil
 cdef void dropLargeSpare(mcache* c) noexcept nogil
 
 
-cdef inline mcache* getmcache(mheap* h) noexcept nogil:
-    """The calling thread's cache of h, made on first use; NULL without
-    memory (Go: getMCache). One load of the thread pointer, one of the
-    slot, one compare: the slot may hold another thread's cache (a hash
-    collision) or a freed record, and owner tells them apart."""
+cdef inline mcache* lookupmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h if its lookup slot holds it, else
+    NULL: one load of the thread pointer, one of the slot, one compare. The
+    slot may hold another thread's cache (a hash collision) or a freed
+    record, and owner tells them apart."""
     cdef uintptr_t me = threadSelf()
     cdef mcache* c = <mcache*>loadRelaxed(<void**>&h.tcache[tcacheSlot(me)])
     if c != NULL and loaduRelaxed(&c.owner) == me:
         return c
-    return getmcacheSlow(h)
+    return NULL
+
+
+cdef inline mcache* getmcache(mheap* h) noexcept nogil:
+    """The calling thread's cache of h, made on first use; NULL without
+    memory (Go: getMCache)."""
+    cdef mcache* c = lookupmcache(h)
+    return c if c != NULL else getmcacheSlow(h)
 
 
 cdef inline mcache* peekmcache(mheap* h) noexcept nogil:
     """The calling thread's cache of h if it has one, else NULL; never
     makes one (the free paths: a thread that only frees needs no cache)."""
-    cdef uintptr_t me = threadSelf()
-    cdef mcache* c = <mcache*>loadRelaxed(<void**>&h.tcache[tcacheSlot(me)])
-    if c != NULL and loaduRelaxed(&c.owner) == me:
-        return c
-    return findmcache(h)
+    cdef mcache* c = lookupmcache(h)
+    return c if c != NULL else findmcache(h)
 
 
 cdef inline mcache* getmcacheGIL(mheap* h) except NULL:
     """getmcache for callers holding the GIL: MemoryError without memory,
     and a Python thread's first cache hooks the thread's end, so that its
     caches go back before join() returns (see _ThreadEnd)."""
-    cdef uintptr_t me = threadSelf()
-    cdef mcache* c = <mcache*>loadRelaxed(<void**>&h.tcache[tcacheSlot(me)])
-    if c != NULL and loaduRelaxed(&c.owner) == me:
-        return c
-    return getmcacheHooked(h)
+    cdef mcache* c = lookupmcache(h)
+    return c if c != NULL else getmcacheHooked(h)

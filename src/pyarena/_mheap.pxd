@@ -42,3 +42,14 @@ cdef inline mspan* spanOf(mheap* h, uintptr_t p) noexcept nogil:
             p >= s.startAddr + (s.npages << PAGE_SHIFT):
         return NULL
     return s
+
+
+cdef inline bint nextDirtyRun(mheap* h, uintptr_t* a, uintptr_t end, uintptr_t* b) noexcept nogil:
+    """The next run of pages in [*a, end) whose scav bits are clear (pages
+    that may hold old data), as [*a, *b); False when there is none. Every
+    loop that clears or releases only what is dirty walks with it."""
+    a[0] = nextDirtyPage(h, a[0], end)
+    if a[0] >= end:
+        return False
+    b[0] = nextCleanPage(h, a[0], end)
+    return True

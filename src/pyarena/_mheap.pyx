@@ -30,7 +30,7 @@ scavengeAll take it); spanOf and arenaOf read without it: an arena is
 published (release store) before any address in it is handed out, and a
 span's spans[] entries are written before its memory is.
 
-Invariants (checked by _testing.check_heap): free runs never touch each
+Invariants (checked by Heap.check(), _mcheck.pyx): free runs never touch each
 other (they would have been coalesced); pagesInUse is the sum of in-use
 spans' pages; pagesMapped = pagesInUse + free pages; pagesReleased is the
 number of free pages with their scav bit set.
@@ -49,7 +49,7 @@ from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHu
 from pyarena._persistentalloc cimport persistentalloc, persistentfreeall
 from pyarena._mfixalloc cimport fixinit, fixalloc_alloc, fixalloc_free
 from pyarena._mspan cimport initSpan, spanListPush, spanListRemove, ctz64, popcount64
-from pyarena._mheap cimport arenaOf
+from pyarena._mheap cimport arenaOf, nextDirtyRun
 
 cdef enum:
     HEAP_ARENA_BYTES = 1 << LOG_HEAP_ARENA_BYTES
@@ -145,9 +145,16 @@ cdef inline uint64_t wordMask(uintptr_t i, uintptr_t stop) noexcept nogil:
     return m
 
 
-cdef uintptr_t setScav(mheap* h, uintptr_t base, uintptr_t npages, bint value) noexcept nogil:
-    """Set or clear the scav bits of a page range; return how many bits
-    were set before."""
+cdef enum:
+    SCAV_COUNT = 0
+    SCAV_SET = 1
+    SCAV_CLEAR = 2
+
+
+cdef uintptr_t scavRange(mheap* h, uintptr_t base, uintptr_t npages, int op) noexcept nogil:
+    """Count the scav bits set in a page range, and set or clear them all
+    (op SCAV_SET, SCAV_CLEAR) or leave them (SCAV_COUNT); the count is of
+    the bits as they were."""
     cdef uintptr_t addr = base
     cdef uintptr_t end = base + (npages << PAGE_SHIFT)
     cdef uintptr_t count = 0
@@ -161,30 +168,22 @@ cdef uintptr_t setScav(mheap* h, uintptr_t base, uintptr_t npages, bint value) n
         while i < stop:
             m = wordMask(i, stop)
             count += popcount64(ha.scav[i >> 6] & m)
-            if value:
+            if op == SCAV_SET:
                 ha.scav[i >> 6] |= m
-            else:
+            elif op == SCAV_CLEAR:
                 ha.scav[i >> 6] &= ~m
             i = (i | 63) + 1
         addr = ha.base + (stop << PAGE_SHIFT)
     return count
 
 
+cdef inline uintptr_t setScav(mheap* h, uintptr_t base, uintptr_t npages, bint value) noexcept nogil:
+    """Set or clear the scav bits of a page range; how many were set before."""
+    return scavRange(h, base, npages, SCAV_SET if value else SCAV_CLEAR)
+
+
 cdef uintptr_t countScav(mheap* h, uintptr_t base, uintptr_t npages) noexcept nogil:
-    cdef uintptr_t addr = base
-    cdef uintptr_t end = base + (npages << PAGE_SHIFT)
-    cdef uintptr_t count = 0
-    cdef uintptr_t i, stop
-    cdef heapArena* ha
-    while addr < end:
-        ha = arenaOf(h, addr)
-        i = pageIndex(ha, addr)
-        stop = arenaStop(ha, end)
-        while i < stop:
-            count += popcount64(ha.scav[i >> 6] & wordMask(i, stop))
-            i = (i | 63) + 1
-        addr = ha.base + (stop << PAGE_SHIFT)
-    return count
+    return scavRange(h, base, npages, SCAV_COUNT)
 
 
 cdef uintptr_t scanScav(mheap* h, uintptr_t addr, uintptr_t end, bint clean) noexcept nogil:
@@ -460,11 +459,7 @@ cdef uintptr_t releaseRun(mheap* h, mspan* s) noexcept nogil:
     lo = (s.startAddr + unit - 1) & ~(unit - 1)
     hi = (s.startAddr + (s.npages << PAGE_SHIFT)) & ~(unit - 1)
     a = lo
-    while a < hi:
-        a = nextDirtyPage(h, a, hi)
-        if a >= hi:
-            break
-        b = nextCleanPage(h, a, hi)
+    while nextDirtyRun(h, &a, hi, &b):
         # a and b are page-aligned; round the run to OS pages.
         a &= ~(unit - 1)
         b = (b + unit - 1) & ~(unit - 1)

@@ -90,3 +90,42 @@ class MemStats:
     sweeps: int
     invalid_frees: int
     by_size: tuple[SizeClassStats, ...]
+
+    def __repr__(self) -> str:
+        # One line: the scalar fields, and only the size classes in use.
+        fields = ", ".join(f"{f}={getattr(self, f)}" for f in _SCALARS)
+        used = ", ".join(f"{i}: {c.mallocs - c.frees}/{c.mallocs}"
+                         for i, c in enumerate(self.by_size) if c.mallocs)
+        return f"MemStats({fields}, by_size={{{used}}} (class: live/mallocs))"
+
+    def __str__(self) -> str:
+        """A table a person reads: sizes in KiB and MiB, then the classes
+        in use."""
+        lines = []
+        for f in _SCALARS:
+            v = getattr(self, f)
+            human = _human(v) if f in _BYTES and v >= 1024 else ""
+            lines.append(f"{f:18} {v:>16,} {human}".rstrip())
+        used = [(i, c) for i, c in enumerate(self.by_size) if c.mallocs]
+        if used:
+            lines.append("")
+            lines.append(f"{'class':>5} {'size':>7} {'mallocs':>12} {'frees':>12} {'live':>10}")
+            for i, c in used:
+                size = "large" if i == 0 else c.size
+                lines.append(f"{i:5d} {size:>7} {c.mallocs:12,d} {c.frees:12,d} "
+                             f"{c.mallocs - c.frees:10,d}")
+        return "\n".join(lines)
+
+
+_SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
+            "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
+            "persistent_chunks", "sweeps", "invalid_frees")
+_BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
+          "total_alloc", "metadata_sys"}
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"({n / (1 << shift):.1f} {unit})"
+    return ""

@@ -274,16 +274,23 @@ cdef Py_ssize_t descrItemsize(object descr) noexcept:
     return PyDataType_ELSIZE(<PyArray_Descr*>descr)
 
 
-cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran,
-                      object owner, npy_intp* strides=NULL):
-    """A writable ndarray over data, owned by owner (its .base; None for
-    none). strides NULL: C or Fortran order as fortran says."""
+cdef PyObject* newArrayOver(object descr, int nd, npy_intp* dims, npy_intp* strides,
+                            void* data, bint fortran) except? NULL:
+    """A new writable ndarray over data (a new reference), or NULL with
+    NumPy's error set. strides NULL: C or Fortran order as fortran says."""
     cdef int flags = NPY_ARRAY_WRITEABLE
     if fortran:
         flags |= NPY_ARRAY_F_CONTIGUOUS
     Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
-    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
-                                              strides, data, flags, NULL)
+    return PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims, strides, data,
+                                flags, NULL)
+
+
+cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran,
+                      object owner, npy_intp* strides=NULL):
+    """A writable ndarray over data, owned by owner (its .base; None for
+    none). strides NULL: C or Fortran order as fortran says."""
+    cdef PyObject* arr = newArrayOver(descr, nd, dims, strides, data, fortran)
     if arr == NULL:
         propagate()
     cdef object result = <object>arr
@@ -541,13 +548,8 @@ cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, v
     """A writable ndarray that owns data, to be freed through capsule (the
     heap's NEP 49 handler). strides NULL: C or Fortran order. On failure
     the data is freed here and NumPy's error propagates."""
-    cdef int flags = NPY_ARRAY_WRITEABLE
     cdef PyDataMem_Handler* handler
-    if fortran:
-        flags |= NPY_ARRAY_F_CONTIGUOUS
-    Py_INCREF(descr)        # PyArray_NewFromDescr steals it, even on failure
-    cdef PyObject* arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>descr, nd, dims,
-                                              strides, data, flags, NULL)
+    cdef PyObject* arr = newArrayOver(descr, nd, dims, strides, data, fortran)
     if arr == NULL:
         handler = <PyDataMem_Handler*>PyCapsule_GetPointer(capsule, b"mem_handler")
         handler.allocator.free(handler.allocator.ctx, data, 0)

@@ -57,15 +57,8 @@ cdef extern from "pyarena_atomic.h" nogil:
     void* pa_loadptr(void* const* p)
     void pa_storeptr(void** p, void* v)
 
-cdef extern from "pyarena_capi.h" nogil:
-    # The public C-level function table (see pyarena_capi.h).
-    ctypedef struct pyarena_allocator:
-        void* ctx
-        void* (*malloc)(void* ctx, size_t size) noexcept nogil
-        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
-        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
-        void (*free)(void* ctx, void* ptr) noexcept nogil
-        size_t (*usable_size)(void* ctx, void* ptr) noexcept nogil
+# The public C-level function table (pyarena_capi.h), one per heap.
+from pyarena._capi_h cimport pyarena_allocator
 
 cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_size[]

@@ -4,8 +4,9 @@
  * nfreed and incache (a thread frees a slot in a span another thread's
  * cache allocates from), tiny reference counts, and statistics counters.
  * Those use the GCC/Clang __atomic builtins below. Central lists and the
- * page heap are guarded by mutexes, taken in the order central -> heap ->
- * registry is never taken inside either (see _mcache.pyx).
+ * page heap are guarded by mutexes, taken in the order central, then heap;
+ * the registry of live heaps (_mcache.pyx) is taken before either, never
+ * inside one.
  */
 #ifndef PYARENA_ATOMIC_H
 #define PYARENA_ATOMIC_H
