@@ -94,3 +94,142 @@ def test_frees_race_with_the_owning_cache(ext, size):
     assert st.mallocs == st.frees == 2 * per * rounds
     assert st.invalid_frees == 0
     _testing.check_heap(h)
+
+
+def test_function_table_from_cython(ext):
+    h = pyarena.Heap()
+    p, n = ext.c_table(h)
+    assert p % 16 == 0 and n >= 100
+    assert h.stats().heap_objects == 0 and h.stats().mallocs == 1
+    h.close()
+    # A heap unmapped by close() hands out nothing, and frees are harmless.
+    assert ext.c_malloc(h, 64) == 0 and ext.c_calloc(h, 4, 4) == 0
+    assert ext.c_realloc(h, 0, 64) == 0 and ext.c_usable_size(h, 0) == 0
+    ext.c_free(h, 0)
+
+
+def test_closed_heap_frees_but_does_not_allocate(ext):
+    h = pyarena.Heap()
+    p = ext.c_malloc(h, 64)
+    h.close()                       # p is alive: the heap stays mapped
+    assert ext.c_malloc(h, 64) == 0
+    assert ext.c_realloc(h, p, 128) == 0
+    assert ext.c_usable_size(h, p) >= 64
+    ext.c_free(h, p)
+    assert h.stats().heap_objects == 0 and h.stats().invalid_frees == 0
+
+
+# The C-level malloc/calloc/realloc/free/usable_size against a model: a
+# dict of live allocations and the bytes each must hold.
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import (  # noqa: E402
+    Bundle, RuleBasedStateMachine, consumes, invariant, rule)
+
+SIZES = st.one_of(st.integers(0, 16), st.integers(17, 1100), st.integers(1101, 40000),
+                  st.sampled_from([65536, 300000]))
+
+
+class CLevelMachine(RuleBasedStateMachine):
+    ext = None          # set by the test (the compiled module)
+    ptrs = Bundle("ptrs")
+    freed = Bundle("freed")
+
+    def __init__(self):
+        super().__init__()
+        self.h = pyarena.Heap()
+        self.live = {}            # address -> bytes it must hold
+        self.sizes = {}           # address -> size asked
+        self.serial = 0
+        self.zerobase = self.ext.c_malloc(self.h, 0)
+
+    def _fill(self, p, n):
+        self.serial = (self.serial + 1) % 251 + 1
+        self.ext.write(p, n, self.serial)
+        self.live[p] = bytes([self.serial]) * n
+
+    def _new(self, p, n):
+        assert p != 0
+        if n == 0:
+            assert p == self.zerobase
+            return p
+        assert p % 16 == 0
+        assert p not in self.live, "handed out twice"
+        assert self.ext.c_usable_size(self.h, p) >= n
+        self.sizes[p] = n
+        return p
+
+    @rule(target=ptrs, n=SIZES)
+    def malloc(self, n):
+        p = self._new(self.ext.c_malloc(self.h, n), n)
+        if n:
+            self._fill(p, n)
+        return p
+
+    @rule(target=ptrs, n=st.integers(0, 64), size=st.integers(0, 700))
+    def calloc(self, n, size):
+        p = self._new(self.ext.c_calloc(self.h, n, size), n * size)
+        if n * size:
+            assert self.ext.read(p, n * size) == bytes(n * size)
+            self._fill(p, n * size)
+        return p
+
+    @rule(target=ptrs, p=consumes(ptrs), n=SIZES)
+    def realloc(self, p, n):
+        old = self.live.pop(p, b"")
+        self.sizes.pop(p, None)
+        q = self.ext.c_realloc(self.h, p, n)
+        q = self._new(q, n) if n else q
+        keep = min(len(old), n)
+        if n:
+            assert self.ext.read(q, keep) == old[:keep]
+            self._fill(q, n)
+        return q
+
+    @rule(target=freed, p=consumes(ptrs))
+    def free(self, p):
+        self.live.pop(p, None)
+        self.sizes.pop(p, None)
+        self.ext.c_free(self.h, p)
+        return p
+
+    @rule(p=freed, offset=st.sampled_from([0, 0, 0, 8, 1]))
+    def free_again(self, p, offset):
+        # A pointer freed already (its slot not handed out again), or inside
+        # an allocation: reported, counted, ignored, nothing else changes.
+        q = p + offset
+        if p == self.zerobase or q in self.live:
+            return          # the slot went to a new allocation: q is live
+        before = self.h.stats()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            self.ext.c_free(self.h, q)
+        after = self.h.stats()
+        assert after.invalid_frees == before.invalid_frees + 1
+        assert after.frees == before.frees and after.heap_objects == before.heap_objects
+        assert any(issubclass(x.category, RuntimeWarning) for x in w)
+
+    @invariant()
+    def contents_and_counts(self):
+        for p, data in self.live.items():
+            assert self.ext.read(p, len(data)) == data
+        spans = sorted((p, p + self.ext.c_usable_size(self.h, p)) for p in self.live)
+        for (a, b), (c, d) in zip(spans, spans[1:]):
+            assert b <= c, "live allocations overlap"
+        assert self.h.check() == len(self.live)
+        assert self.h.stats().heap_objects == len(self.live)
+
+    def teardown(self):
+        for p in list(self.live):
+            self.ext.c_free(self.h, p)
+        assert self.h.stats().heap_objects == 0
+        self.h.close()
+
+
+def test_clevel_state_machine(ext):
+    CLevelMachine.ext = ext
+    runner = CLevelMachine.TestCase
+    runner.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                               suppress_health_check=list(HealthCheck))
+    runner().runTest()

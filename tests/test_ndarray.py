@@ -28,6 +28,7 @@ from numpy._core.multiarray import get_handler_name
 
 import pyarena
 from pyarena import Heap
+from pyarena import _testing
 from pyarena._testing import check_heap
 
 KiB = 1024
@@ -1360,6 +1361,10 @@ def test_other_thread_allocates_through_handler_after_heap_closed():
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
                     reason="signals go to the main thread")
 def test_interrupted_large_zeros_leaves_heap_consistent(heap):
+    # A signal during the chunked clear of a big dirty object must stop the
+    # clear part way (the handler's exception comes out of zeros(), which
+    # never returns the half-cleared array) and leave the heap consistent.
+    # The clear's own record shows the interrupt landed inside it.
     class Interrupt(Exception):
         pass
 
@@ -1367,9 +1372,11 @@ def test_interrupted_large_zeros_leaves_heap_consistent(heap):
         raise Interrupt
 
     n = 128 * MiB
+    before = _testing.clear_interruptions()[0]
+    inside = 0
     old = signal.signal(signal.SIGALRM, handler)
     try:
-        for _ in range(3):
+        for _ in range(5):
             dirty = heap.empty(n, np.uint8)
             dirty[:] = 255
             del dirty
@@ -1379,7 +1386,11 @@ def test_interrupted_large_zeros_leaves_heap_consistent(heap):
                 a = heap.zeros(n, np.uint8)
                 time.sleep(0.05)
             except Interrupt:
-                pass
+                count, done, total = _testing.clear_interruptions()
+                if count > before + inside:
+                    inside += 1
+                    assert a is None                  # zeros() raised
+                    assert 0 < done < total == n      # stopped part way
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             if a is not None:
@@ -1390,5 +1401,6 @@ def test_interrupted_large_zeros_leaves_heap_consistent(heap):
             check_heap(heap)
     finally:
         signal.signal(signal.SIGALRM, old)
+    assert inside >= 1, "no signal ever interrupted the clear"
     b = heap.zeros(n, np.uint8)
     assert not b.any()

@@ -13,6 +13,7 @@ from pyarena._mheap cimport freeSpan, spanOf
 cdef uintptr_t zerobaseAddr() noexcept nogil
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1
+cdef void clearInterruptions(size_t* done, size_t* total, size_t* count) noexcept
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1
 cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil

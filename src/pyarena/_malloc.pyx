@@ -62,7 +62,10 @@ allocations all return one address, zerobase.
 
 from libc.stdint cimport uintptr_t
 from libc.string cimport memset
-from cpython.exc cimport PyErr_CheckSignals
+cdef extern from "Python.h":
+    # Without Cython's exception check, so that the clear can note how far
+    # it got before the handler's exception propagates.
+    int PyErr_CheckSignals() noexcept
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS,
                              CHUNK_POOL_MAX)
@@ -164,6 +167,20 @@ cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size)
     return s
 
 
+# What the last interrupted clear had done (bytes cleared, bytes asked),
+# and how many clears were interrupted: a testing hook (_testing), so that a
+# test can show the interrupt landed inside the clear, not after it.
+cdef size_t _interruptedDone = 0
+cdef size_t _interruptedTotal = 0
+cdef size_t _interruptions = 0
+
+
+cdef void clearInterruptions(size_t* done, size_t* total, size_t* count) noexcept:
+    done[0] = _interruptedDone
+    total[0] = _interruptedTotal
+    count[0] = _interruptions
+
+
 cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
     """Zero n bytes at p with the GIL released, CLEAR_CHUNK bytes at a time,
     taking the GIL back every CLEAR_GIL_CHUNKS chunks to check for signals,
@@ -172,7 +189,8 @@ cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
     (about 20-60 us) keep the GIL: releasing it would cost more than it
     lets other threads do. Call with the GIL held, on memory no other
     thread can see."""
-    cdef size_t chunk
+    global _interruptedDone, _interruptedTotal, _interruptions
+    cdef size_t chunk, total = n
     cdef int k
     if n <= CLEAR_CHUNK * CLEAR_GIL_CHUNKS:
         memset(p, 0, n)
@@ -187,6 +205,9 @@ cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
                 if n == 0:
                     break
         if n and PyErr_CheckSignals() < 0:
+            _interruptedDone = total - n
+            _interruptedTotal = total
+            _interruptions += 1
             return -1
     return 0
 

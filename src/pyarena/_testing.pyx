@@ -19,6 +19,7 @@ from pyarena._persistentalloc cimport inPersistentAlloc
 from pyarena._heap cimport Heap
 from pyarena._mcache cimport dropLargeSpare, getmcacheGIL, liveHeaps
 from pyarena._mcheck cimport checkHeap
+from pyarena._malloc cimport clearInterruptions
 from pyarena._mcentral cimport freeSlot
 from pyarena._mspan cimport freeSlotLocal
 
@@ -328,3 +329,12 @@ def corrupt(Heap heap, uintptr_t addr, str what):
         h.pagesReleased += 1
     else:
         raise ValueError(f"unknown damage {what!r}")
+
+
+def clear_interruptions():
+    """(interrupted clears so far, bytes the last one had cleared, bytes it
+    was asked to clear): memclrNoHeapPointersChunked's record of signals
+    that stopped it part way."""
+    cdef size_t done, total, count
+    clearInterruptions(&done, &total, &count)
+    return count, done, total

@@ -7,7 +7,7 @@ builds its examples."""
 from cython.parallel cimport prange
 from libc.stdint cimport uintptr_t, uint8_t
 from libc.stdlib cimport malloc as libc_malloc, free as libc_free
-from pyarena cimport Heap
+from pyarena cimport Heap, pyarena_allocator
 
 
 cdef bint fill_check(uint8_t* p, size_t n, uint8_t v, bint check) noexcept nogil:
@@ -150,3 +150,46 @@ cdef Py_ssize_t interleave_one(Heap h, void** cur, void** prev, Py_ssize_t mine,
             h.free(prev[theirs + i])
             prev[theirs + i] = NULL
     return ok
+
+
+# -- the C-level API one call at a time, for a state machine ----------------
+# (test_extending's hypothesis model drives these.)
+
+def c_malloc(Heap h, size_t n):
+    return <uintptr_t>h.malloc(n)
+
+
+def c_calloc(Heap h, size_t n, size_t size):
+    return <uintptr_t>h.calloc(n, size)
+
+
+def c_realloc(Heap h, uintptr_t p, size_t n):
+    return <uintptr_t>h.realloc(<void*>p, n)
+
+
+def c_free(Heap h, uintptr_t p):
+    h.free(<void*>p)
+
+
+def c_usable_size(Heap h, uintptr_t p):
+    return h.usable_size(<void*>p)
+
+
+def c_table(Heap h):
+    """The heap's function table, called directly: (malloc'd address,
+    usable size) of a 100-byte allocation, freed again."""
+    cdef const pyarena_allocator* a = h.allocator()
+    cdef void* p = a.malloc(a.ctx, 100)
+    cdef size_t n = a.usable_size(a.ctx, p)
+    a.free(a.ctx, p)
+    return <uintptr_t>p, n
+
+
+def write(uintptr_t p, size_t n, int byte):
+    cdef size_t i
+    for i in range(n):
+        (<uint8_t*>p)[i] = <uint8_t>byte
+
+
+def read(uintptr_t p, size_t n):
+    return (<char*>p)[:n]
