@@ -678,7 +678,6 @@ _LINE_FUNCTION_ID = 1
 _LINE_LINE = 2
 _FUNCTION_ID = 1
 _FUNCTION_NAME = 2
-_FUNCTION_SYSTEM_NAME = 3
 _FUNCTION_FILENAME = 4
 _FUNCTION_START_LINE = 5
 
@@ -760,7 +759,10 @@ def _encode_profile(p: HeapProfile) -> bytes:
                     m = bytearray()
                     _put_int(m, _FUNCTION_ID, fid)
                     _put_int(m, _FUNCTION_NAME, sidx(fkey[0]))
-                    _put_int(m, _FUNCTION_SYSTEM_NAME, sidx(fkey[0]))
+                    # No system_name, unlike Go: pprof demangles a function
+                    # whose system name equals its name, and takes Python's
+                    # "<module>" or "<lambda>" for C++ template arguments,
+                    # which it deletes.
                     _put_int(m, _FUNCTION_FILENAME, sidx(fkey[1]))
                     _put_int(m, _FUNCTION_START_LINE, fkey[2])
                     _put_bytes(tables, _PROFILE_FUNCTION, m)
