@@ -25,12 +25,14 @@
  * pyarena_stack_retain takes one strong reference per frame, once, when a new
  * bucket is created; a sample that lands in an existing bucket costs none.
  *
- * On CPython 3.11 the capture walks the interpreter's _PyInterpreterFrame
- * list directly (the same walk PyThreadState_GetFrame and PyFrame_GetBack
- * make, without materializing a frame object per frame). Other versions, or
- * a build with PYARENA_STACK_PUBLIC_API defined, use the public frame API,
- * which is correct everywhere but creates frame objects: see the cost table
- * in the profiling notes before using it on an allocation path.
+ * On CPython 3.11 to 3.13 the capture walks the interpreter's
+ * _PyInterpreterFrame list directly (the walk PyThreadState_GetFrame and
+ * PyFrame_GetBack make, without materializing a frame object per frame).
+ * Other versions, free-threaded builds, or a build with
+ * PYARENA_STACK_PUBLIC_API defined use the public frame API, which is
+ * correct everywhere but creates a frame object for each frame that has
+ * none yet: ~4x the cost of the walk when they exist, an allocation (and
+ * possibly a collection) when they do not.
  *
  * Include Python.h first (it defines _GNU_SOURCE, which dladdr needs).
  */
@@ -44,10 +46,13 @@
 #include <dlfcn.h>
 #include <execinfo.h>
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(PYARENA_STACK_PUBLIC_API)
+/* The interpreter-frame walk is built for the CPython versions whose frame
+ * layout it knows (3.11 to 3.13, GIL builds); any other gets the public API. */
+#if !defined(PYARENA_STACK_PUBLIC_API) && !defined(PYPY_VERSION) && !defined(Py_GIL_DISABLED) \
+    && PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
 #  define PYARENA_STACK_FAST 1
-   /* The interpreter frame struct is internal in 3.11; Cython reaches it the
-    * same way. Define Py_BUILD_CORE only around the include. */
+   /* The interpreter frame struct is internal; Cython reaches it the same
+    * way. Define Py_BUILD_CORE only around the include. */
 #  ifndef Py_BUILD_CORE
 #    define Py_BUILD_CORE 1
 #    define PYARENA_STACK_UNDEF_BUILD_CORE
@@ -56,6 +61,26 @@
 #  ifdef PYARENA_STACK_UNDEF_BUILD_CORE
 #    undef Py_BUILD_CORE
 #    undef PYARENA_STACK_UNDEF_BUILD_CORE
+#  endif
+   /* Where each version keeps the running frame, its code object and its
+    * instruction pointer. 3.12 and 3.13 also link C-stack "shim" frames
+    * into the list, which are no Python frame; 3.13 frames may run
+    * something other than a code object. */
+#  if PY_VERSION_HEX >= 0x030D0000
+#    define PYARENA_CURRENT_FRAME(ts) ((ts)->current_frame)
+#    define PYARENA_FRAME_CODE(f) ((f)->f_executable)
+#    define PYARENA_FRAME_INSTR(f) ((f)->instr_ptr)
+#    define PYARENA_FRAME_IS_SHIM(f) ((f)->owner == FRAME_OWNED_BY_CSTACK)
+#  elif PY_VERSION_HEX >= 0x030C0000
+#    define PYARENA_CURRENT_FRAME(ts) ((ts)->cframe->current_frame)
+#    define PYARENA_FRAME_CODE(f) ((PyObject *)(f)->f_code)
+#    define PYARENA_FRAME_INSTR(f) ((f)->prev_instr)
+#    define PYARENA_FRAME_IS_SHIM(f) ((f)->owner == FRAME_OWNED_BY_CSTACK)
+#  else
+#    define PYARENA_CURRENT_FRAME(ts) ((ts)->cframe->current_frame)
+#    define PYARENA_FRAME_CODE(f) ((PyObject *)(f)->f_code)
+#    define PYARENA_FRAME_INSTR(f) ((f)->prev_instr)
+#    define PYARENA_FRAME_IS_SHIM(f) 0
 #  endif
 #else
 #  define PYARENA_STACK_FAST 0
@@ -97,19 +122,25 @@ pyarena_stack_capture(pyarena_stack *s)
 #if PYARENA_STACK_FAST
     /* With the GIL held, the GIL holder's thread state is ours. */
     PyThreadState *ts = _PyThreadState_UncheckedGet();
-    _PyInterpreterFrame *f = ts != NULL ? ts->cframe->current_frame : NULL;
+    _PyInterpreterFrame *f = ts != NULL ? PYARENA_CURRENT_FRAME(ts) : NULL;
     for (; f != NULL; f = f->previous) {
+        PyObject *code = PYARENA_FRAME_CODE(f);
+        _Py_CODEUNIT *first;
+        if (PYARENA_FRAME_IS_SHIM(f) || !PyCode_Check(code))
+            continue;
+        first = _PyCode_CODE((PyCodeObject *)code);
         /* Frames still setting up their cells or generator are skipped, as
-         * PyFrame_GetBack skips them: their instruction pointer is not yet
-         * meaningful. */
-        if (_PyFrame_IsIncomplete(f))
+         * PyFrame_GetBack skips them (_PyFrame_IsIncomplete): their
+         * instruction pointer is not yet meaningful. */
+        if (f->owner != FRAME_OWNED_BY_GENERATOR
+            && PYARENA_FRAME_INSTR(f) < first + ((PyCodeObject *)code)->_co_firsttraceable)
             continue;
         if (n == PYARENA_STACK_MAX) {
             s->truncated = 1;
             break;
         }
-        s->f[n].id = (void *)f->f_code;
-        s->f[n].where = _PyInterpreterFrame_LASTI(f) * (int32_t)sizeof(_Py_CODEUNIT);
+        s->f[n].id = (void *)code;
+        s->f[n].where = (int32_t)(PYARENA_FRAME_INSTR(f) - first) * (int32_t)sizeof(_Py_CODEUNIT);
         s->f[n].kind = PYARENA_FRAME_PY;
         n++;
     }
