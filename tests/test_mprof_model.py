@@ -229,6 +229,18 @@ def test_from_buckets_keeps_freed_sites_and_drops_empty_buckets():
     assert p.samples[0].inuse_bytes == 0 and p.samples[0].alloc_bytes == 80
 
 
+def test_from_buckets_merges_equal_stacks_of_one_size():
+    # Two instructions of one line are two buckets in C, one sample here;
+    # another size from the same line stays a sample of its own.
+    st = [("a.py", "f", 3)]
+    p = HeapProfile.from_buckets([(st, 10, 40960, 4, 16384), (st, 6, 24576, 0, 0),
+                                  (st, 2, 2 * 65536, 0, 0)], 64 * KiB)
+    assert len(p.samples) == 2
+    s4k = next(s for s in p.samples if s.block_size == 4096)
+    assert (s4k.alloc_objects, s4k.alloc_bytes) == M.scale_heap_sample(16, 65536, 64 * KiB)
+    assert (s4k.inuse_objects, s4k.inuse_bytes) == M.scale_heap_sample(12, 49152, 64 * KiB)
+
+
 @pytest.mark.parametrize("bucket, exc", [
     (([], 1, 16, 2, 32), ValueError),          # frees more than allocated
     (([], -1, 16, 0, 0), ValueError),

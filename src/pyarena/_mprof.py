@@ -421,8 +421,10 @@ class HeapProfile:
             per bucket, counts as sampled. ``stack`` is a sequence of frames
             innermost first, each ``(filename, function, lineno)`` or
             ``(filename, function, lineno, start_line)``; a truncated stack
-            ends with ``TRUNCATED_FRAME``. Buckets that never allocated are
-            left out.
+            ends with ``TRUNCATED_FRAME``. A bucket holds objects of one
+            size (Go keys buckets by stack and size); buckets with equal
+            stacks and sizes are merged, and buckets that never allocated
+            are left out.
         rate : int
             The profile rate the counts were sampled at.
         time_nanos : int, optional
@@ -440,7 +442,7 @@ class HeapProfile:
             For a malformed bucket or frame.
         """
         _check_rate(rate)
-        samples = []
+        merged: dict[tuple, list[int]] = {}
         start_lines = {}
         for b in buckets:
             try:
@@ -463,10 +465,23 @@ class HeapProfile:
                 frames.append(fr)
                 if start:
                     start_lines[fr] = start
+            # Buckets whose stacks differ only in what a frame list does not
+            # show (two instructions of one line) are one sample, as Go's
+            # buckets of equal PCs are one: the counts add before scaling.
+            key = (tuple(frames), ba // na)
+            r = merged.get(key)
+            if r is None:
+                merged[key] = [na, ba, nf, bf]
+            else:
+                r[0] += na
+                r[1] += ba
+                r[2] += nf
+                r[3] += bf
+        samples = []
+        for (frames, size), (na, ba, nf, bf) in merged.items():
             alloc = scale_heap_sample(na, ba, rate)
             inuse = scale_heap_sample(na - nf, ba - bf, rate)
-            samples.append(HeapSample(tuple(frames), alloc[0], alloc[1], inuse[0], inuse[1],
-                                      ba // na))
+            samples.append(HeapSample(frames, alloc[0], alloc[1], inuse[0], inuse[1], size))
         return cls(tuple(samples), rate, time.time_ns() if time_nanos is None else time_nanos,
                    MappingProxyType(start_lines))
 
