@@ -38,6 +38,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,6 @@ def fastlog2(x: float) -> float:
 
 
 def _float64bits(x: float) -> int:
-    import struct
     return struct.unpack("<Q", struct.pack("<d", x))[0]
 
 
