@@ -3,6 +3,7 @@ bookkeeping. No timing is asserted and no peer allocator is needed: the
 runs here use NumPy's default handler and pyarena's."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -29,6 +30,7 @@ def _check_common(res, workload, runs):
     # VmHWM: at least the interpreter and NumPy, which take well over 8 MiB.
     assert res["maxrss_kib"] > 8 << 10
     assert res["preloaded"] == []            # child_env drops any LD_PRELOAD
+    assert res["mallopt"] is False
 
 
 def test_runner_under_numpys_default():
@@ -51,13 +53,14 @@ def test_runner_under_pyarena_uses_the_handler():
 
 def test_runner_command_line_prints_one_json_line():
     cmd = [sys.executable, "-m", "pyarena._bench_peers", "run", "churn", "--handler",
-           "pyarena", "--scale", "0.02", "--runs", "2"]
+           "pyarena", "--scale", "0.02", "--runs", "2", "--mallopt"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=bp.child_env({}), check=True)
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
     res = json.loads(lines[0])
     assert res["workload"] == "churn" and res["handler"] == "pyarena" and len(res["runs"]) == 2
-    assert res["pyarena"]["mallocs"] >= 2 * 64       # 64 arrays a pass, at the least
+    assert res["pyarena"]["mallocs"] >= 3 * 64       # 64 arrays a pass, at the least
+    assert res["mallopt"] is (platform.libc_ver()[0] == "glibc")
 
 
 def test_runner_refuses_an_unknown_workload():
@@ -86,8 +89,9 @@ def test_a_missing_peer_is_skipped_with_a_note(monkeypatch):
     assert configs[-1]["env"] == bp.GLIBC_TUNED
     assert notes == ["nosuchalloc: not installed (Debian package nosuch-pkg), skipped"]
     both = bp.combined(configs)
-    assert [c["name"] for c in both] == ["pyarena+glibc-tuned"]
-    assert both[0]["handler"] == "pyarena"
+    assert [c["name"] for c in both] == ["pyarena+glibc-tuned", "pyarena+mallopt"]
+    assert all(c["handler"] == "pyarena" for c in both)
+    assert both[0]["env"] == bp.GLIBC_TUNED and both[1]["mallopt"] is True
 
 
 def test_run_interleaves_and_tabulates_ratios():

@@ -68,6 +68,10 @@ GLIBC_TUNED = {
     "MALLOC_TOP_PAD_": str(256 << 20),
 }
 
+# The same settings through mallopt(3), for a process already running:
+# M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD from glibc's malloc.h.
+MALLOPT = ((-1, 1 << 30), (-2, 256 << 20), (-3, 32 << 20))
+
 # (name, sonames to look for, the Debian package that provides one).
 PEERS = (
     ("jemalloc", ("libjemalloc.so.2",), "libjemalloc2"),
@@ -239,10 +243,26 @@ def _mapped_peers() -> list[str]:
     return sorted(found)
 
 
-def run_workload(name: str, handler: str, scale: float, runs: int = RUNS) -> dict:
-    """Run workload ``name`` here: install pyarena's handler first when
-    ``handler == "pyarena"``, make the inputs, run once to warm up, then
-    ``runs`` timed runs. Returns what the runner prints."""
+def tune_glibc_malloc() -> bool:
+    """Give this process's glibc malloc the settings of GLIBC_TUNED through
+    mallopt, as a running program can (no environment, no restart); False
+    when the C library has no mallopt or refuses."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return all(mallopt(param, value) == 1 for param, value in MALLOPT)
+
+
+def run_workload(name: str, handler: str, scale: float, runs: int = RUNS,
+                 mallopt: bool = False) -> dict:
+    """Run workload ``name`` here: tune glibc's malloc first when
+    ``mallopt``, install pyarena's handler when ``handler == "pyarena"``,
+    make the inputs, run once to warm up, then ``runs`` timed runs. Returns
+    what the runner prints."""
     import pyarena
     from pyarena._numpy_allocator import current_handler_name
 
@@ -250,6 +270,7 @@ def run_workload(name: str, handler: str, scale: float, runs: int = RUNS) -> dic
         raise ValueError(f"unknown workload {name!r}; one of {', '.join(WORKLOADS)}")
     if handler not in ("numpy", "pyarena"):
         raise ValueError(f"handler must be 'numpy' or 'pyarena', not {handler!r}")
+    tuned = tune_glibc_malloc() if mallopt else False
     if handler == "pyarena":
         pyarena.install_numpy_allocator()
     work = WORKLOADS[name][0](scale)
@@ -272,7 +293,7 @@ def run_workload(name: str, handler: str, scale: float, runs: int = RUNS) -> dic
     return dict(
         workload=name, handler=current_handler_name(), scale=scale,
         seconds=statistics.median(times), runs=times, warmup_seconds=warmup,
-        cpu_seconds=cpu, minor_faults=faults,
+        cpu_seconds=cpu, minor_faults=faults, mallopt=tuned,
         maxrss_kib=_vm_hwm_kib(), preloaded=_mapped_peers(),
         pyarena=None if st is None else dict(mallocs=st.mallocs, frees=st.frees,
                                              total_alloc=st.total_alloc,
@@ -331,9 +352,13 @@ def configurations() -> tuple[list[dict], list[str]]:
 
 def combined(configs: list[dict]) -> list[dict]:
     """pyarena's handler for array data together with each malloc
-    configuration for the rest: ``pyarena+tcmalloc``, ``pyarena+glibc-tuned``..."""
-    return [dict(name=f"pyarena+{c['name']}", handler="pyarena", env=dict(c["env"]), peer=c["peer"])
-            for c in configs if c["env"]]
+    configuration for the rest: ``pyarena+tcmalloc``, ``pyarena+glibc-tuned``
+    ..., and ``pyarena+mallopt`` (glibc tuned from inside the process by
+    tune_glibc_malloc, before the handler is installed)."""
+    both = [dict(name=f"pyarena+{c['name']}", handler="pyarena", env=dict(c["env"]),
+                 peer=c["peer"]) for c in configs if c["env"]]
+    return both + [dict(name="pyarena+mallopt", handler="pyarena", env={}, peer=None,
+                        mallopt=True)]
 
 
 def child_env(extra: dict[str, str]) -> dict[str, str]:
@@ -354,6 +379,8 @@ def spawn(workload: str, config: dict, scale: float, runs: int = RUNS,
     """One runner process for (workload, config); its JSON as a dict."""
     cmd = [sys.executable, "-m", "pyarena._bench_peers", "run", workload,
            "--handler", config["handler"], "--scale", repr(scale), "--runs", str(runs)]
+    if config.get("mallopt"):
+        cmd.append("--mallopt")
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(config["env"]),
                        timeout=timeout)
     if r.returncode != 0:
@@ -402,6 +429,9 @@ def run(quick: bool = False, progress: bool = True, workloads=None,
                     continue
                 if c["peer"] is not None and c["peer"] not in res["preloaded"]:
                     failed[c["name"]] = "LD_PRELOAD did not take (library not mapped)"
+                    continue
+                if c.get("mallopt") and not res["mallopt"]:
+                    failed[c["name"]] = "mallopt refused (not glibc?)"
                     continue
                 raw[w][c["name"]].append(res)
     prog.close()
@@ -457,7 +487,7 @@ def format_table(results: dict) -> str:
            "as ratios to NumPy's default allocator in the same run (below 1: better); minor "
            "page faults per run as counted.", ""]
     for title, ratio, value, show in TABLES:
-        out.append(f"{title:<12} {'numpy':>9} | {head} | best")
+        out.append(f"{title:<12} {'numpy':>9} | {head} | {'fewest' if ratio is None else 'best'}")
         for row in results["rows"]:
             cells = row["cells"]
             if DEFAULT not in cells:
@@ -487,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--handler", choices=("numpy", "pyarena"), default="numpy")
     r.add_argument("--scale", type=float, default=1.0)
     r.add_argument("--runs", type=int, default=RUNS)
+    r.add_argument("--mallopt", action="store_true",
+                   help="tune glibc's malloc by mallopt(3) before the workload starts")
     t = sub.add_parser("table", help="bench --peers with more choices")
     t.add_argument("workloads", nargs="*", help="default: every workload")
     t.add_argument("--quick", action="store_true")
@@ -502,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scale <= 0 or args.runs < 1:
         p.error("--scale must be positive and --runs at least 1")
-    print(json.dumps(run_workload(args.workload, args.handler, args.scale, args.runs)))
+    print(json.dumps(run_workload(args.workload, args.handler, args.scale, args.runs,
+                                  args.mallopt)))
     return 0
 
 
