@@ -18,6 +18,10 @@ How it measures:
   process reports the median of those, the steady state of code that makes
   temporaries in a loop, and its VmHWM (peak RSS of its own address space:
   ru_maxrss of a child would carry the parent's peak across fork and exec).
+- The runner also reports its CPU time (user and sys) and minor page
+  faults over the timed runs. Faults are exact where times are not on a
+  shared machine, and they are most of what a better allocator saves: a
+  page given back to the OS, or never reused, faults in again.
 - Rounds interleave the configurations, one process of each per workload,
   and rotate which one goes first; the table shows medians over rounds and
   their ratios to NumPy's default in the same run.
@@ -36,7 +40,11 @@ What pyarena's handler cannot reach: NumPy's data handler serves array data
 only. Scratch that NumPy's LAPACK and FFT wrappers, OpenBLAS, ufunc buffers
 and the interpreter take from malloc goes to libc whatever the handler is,
 while an LD_PRELOADed malloc serves all of it. tools/traffic.py measures
-each workload's split.
+each workload's split. ``python -m pyarena._bench_peers table --combined``
+adds pyarena's handler together with each malloc configuration, and with
+glibc tuned from inside the running process by mallopt(3)
+(``pyarena+mallopt``, see tune_glibc_malloc): the handler for array data,
+libc for the rest.
 """
 
 from __future__ import annotations
@@ -281,19 +289,21 @@ def run_workload(name: str, handler: str, scale: float, runs: int = RUNS,
     # Page faults are the allocators' main cost beyond their own code (a
     # fresh or trimmed page faults in again at first touch); they are
     # counted exactly, where times on a shared machine are not.
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    cpu0 = time.process_time()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(runs):
         t0 = time.perf_counter()
         work()
         times.append(time.perf_counter() - t0)
-    cpu = (time.process_time() - cpu0) / runs
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / runs
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    faults = (ru.ru_minflt - ru0.ru_minflt) / runs
+    user = (ru.ru_utime - ru0.ru_utime) / runs
+    sys_ = (ru.ru_stime - ru0.ru_stime) / runs
     st = pyarena.default_heap().stats() if handler == "pyarena" else None
     return dict(
         workload=name, handler=current_handler_name(), scale=scale,
         seconds=statistics.median(times), runs=times, warmup_seconds=warmup,
-        cpu_seconds=cpu, minor_faults=faults, mallopt=tuned,
+        cpu_seconds=user + sys_, user_seconds=user, sys_seconds=sys_, minor_faults=faults,
+        mallopt=tuned,
         maxrss_kib=_vm_hwm_kib(), preloaded=_mapped_peers(),
         pyarena=None if st is None else dict(mallocs=st.mallocs, frees=st.frees,
                                              total_alloc=st.total_alloc,
@@ -458,7 +468,8 @@ def run(quick: bool = False, progress: bool = True, workloads=None,
                                     cpu_ratio=u / u0, rss_ratio=m / m0,
                                     runs=[r["seconds"] for r in rs],
                                     minor_faults=statistics.median(r["minor_faults"]
-                                                                   for r in rs))
+                                                                   for r in rs),
+                                    sys_seconds=statistics.median(r["sys_seconds"] for r in rs))
         rows.append(dict(workload=w, description=WORKLOADS[w][1], cells=cells))
     return dict(rounds=rounds, scale=scale, runs_per_process=RUNS, numpy=np.__version__,
                 configs=[c for c in configs if c["name"] not in failed],
