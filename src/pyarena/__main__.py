@@ -1,7 +1,8 @@
 """Command line: ``python -m pyarena [bench|sizeclasses|stats]``.
 
 ``bench`` (the default, ``--quick`` when no subcommand is given) times
-allocation side by side with the peers it replaces; ``sizeclasses`` prints
+allocation side by side with the peers it replaces (``--peers``: NumPy
+workloads under the allocators users preload instead); ``sizeclasses`` prints
 the size-class table in Go's columns; ``stats`` runs a short demo workload
 and prints its MemStats.
 """
@@ -58,12 +59,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    results = _bench.run(quick=args.quick, progress=not args.json and sys.stderr.isatty())
+    bench = _bench
+    if args.peers:
+        from pyarena import _bench_peers as bench
+    results = bench.run(quick=args.quick, progress=not args.json and sys.stderr.isatty())
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
     else:
-        print(_bench.format_table(results))
+        print(bench.format_table(results))
     return 0
 
 
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="time pyarena against its peers, side by side")
     b.add_argument("--quick", action="store_true", help="a few seconds' version")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--peers", action="store_true",
+                   help="NumPy workloads under pyarena's handler, jemalloc, mimalloc, tcmalloc "
+                        "and tuned glibc, each in fresh processes (instead of the other tables)")
     b.set_defaults(func=cmd_bench)
     s = sub.add_parser("sizeclasses", help="print the size-class table")
     s.set_defaults(func=cmd_sizeclasses)
