@@ -37,6 +37,7 @@ OPS = {
     "Heap.alloc64": ("a = pyarena.Heap().alloc", "for _ in range(n): a(64)"),
     "bytearray64": ("a = bytearray", "for _ in range(n): a(64)"),
     "loop": ("f8 = np.float64", "for _ in range(n): pass"),
+    "call": ("f = id; f8 = np.float64", "for _ in range(n): f(f8)"),
 }
 for size in (16, 64, 1024):
     for kind in ("pyarena", "libc", "pymem"):
@@ -46,7 +47,10 @@ for size in (16, 64, 1024):
 
 
 def count(setup: str, body: str, n: int) -> int:
-    code = SETUP + setup + f"\nn = {n}\n" + body + "\n"
+    # The loop runs in a function, so that its names are fast locals: a
+    # module-level loop would look each name up in a dict every iteration.
+    lines = "\n".join("    " + l for l in (setup + "\n" + body).splitlines())
+    code = SETUP + f"def run(n):\n{lines}\nrun({n})\n"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
     r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                         sys.executable, "-c", code], capture_output=True, text=True, env=env)

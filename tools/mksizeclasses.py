@@ -269,6 +269,17 @@ def size_to_class_tables(classes: list[dict] | None = None
     return small, large
 
 
+def align16_table(small: list[int], classes: list[dict]) -> list[int]:
+    """size_to_class8 with every class that is less than 16-aligned replaced
+    by the next class up (entry 0, size 0, stays class 0)."""
+    out = []
+    for c in small:
+        while c and classes[c]["min_align"] < 16:
+            c += 1
+        out.append(c)
+    return out
+
+
 def size_to_class(size: int, tables: tuple[list[int], list[int]] | None = None
                   ) -> int:
     """The lookup the C side performs, for 0 <= size <= MAX_SMALL_SIZE."""
@@ -386,6 +397,10 @@ def render_header() -> str:
     lines += _c_array("uint32_t", "pyarena_class_to_divmagic", col("divMagic_u32"))
     lines += _c_array("uint8_t ", "pyarena_size_to_class8", small)
     lines += _c_array("uint8_t ", "pyarena_size_to_class128", large)
+    lines += [" /* size_to_class8 for 16-aligned requests (the C-level API, arrays):",
+              "    the 8- and 24-byte classes are only 8-aligned, so their sizes take",
+              "    the next class up, which is 16-aligned. */"]
+    lines += _c_array("uint8_t ", "pyarena_size_to_class8_align16", align16_table(small, classes))
     lines += ["#endif", ""]
     return "\n".join(lines)
 

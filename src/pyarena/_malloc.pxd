@@ -21,6 +21,9 @@ cdef mspan* allocUserArenaChunk(mheap* h, mcache* c, uintptr_t npages,
                                 uintptr_t* dirtyEnd, bint* reused) noexcept nogil
 cdef void freeUserArenaChunk(mheap* h, mspan* s, uintptr_t dirtyEnd) noexcept nogil
 cdef void dropUserArenaChunks(mheap* h) noexcept nogil
+cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil
+cdef int freeOther(mheap* h, mcache* c, mspan* s, uintptr_t p, bint tiny) noexcept nogil
+cdef int freeRemote(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil
 
 # freeObject results
 cdef enum:
@@ -30,7 +33,10 @@ cdef enum:
     FREE_NOT_ALLOCATED = -3
 
 
-# The hot paths, inline so that the Python layer's calls compile into it.
+# The hot paths, inline so that every caller (the face, the C-level API,
+# NumPy's handler) compiles them in. Each is the common case only; the rest
+# is a call to an out-of-line function, so that the common case needs few
+# registers (Go's mallocgc fast paths; mimalloc's _mi_page_malloc/mi_free).
 
 cdef inline uintptr_t mallocgc(mcache* c, size_t size, size_t align, bint needzero,
                                int* cls, mspan** large) noexcept nogil:
@@ -60,69 +66,69 @@ cdef inline uintptr_t mallocgc(mcache* c, size_t size, size_t align, bint needze
     return s.startAddr
 
 
+cdef inline void clearSlot(uintptr_t v, size_t nbytes) noexcept nogil:
+    """Zero the first nbytes of a small slot. Up to 128 bytes by 8-byte
+    stores (a call to memset costs more than the clear itself); a slot's
+    size is a multiple of 8, so rounding nbytes up stays inside it."""
+    cdef uintptr_t end
+    if nbytes <= 128:
+        end = v + nbytes
+        while v < end:
+            (<unsigned long long*>v)[0] = 0
+            v += 8
+    else:
+        memset(<void*>v, 0, nbytes)
+
+
 cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
     """A slot of sizeclass from the thread's cache, its first nbytes zeroed
     if needzero; 0 without memory."""
     cdef mspan* s = c.alloc[sizeclass]
     cdef uintptr_t v = nextFreeFast(s)
     if v == 0:
-        v = nextFree(c, sizeclass)
-        if v == 0:
-            return 0
-        s = c.alloc[sizeclass]
+        return mallocSmallSlow(c, sizeclass, nbytes, needzero)
     c.nmalloc[sizeclass] += 1
     c.allocBytes += s.elemsize
-    # slotNeedsZero by address: no index needed.
-    if needzero and (s.needzero or v < s.startAddr + <uintptr_t>s.freshindex * s.elemsize):
-        memset(<void*>v, 0, nbytes)
+    # Slots below zeroLimit may hold old data (slotNeedsZero by address).
+    if needzero and v < s.zeroLimit:
+        clearSlot(v, nbytes)
     return v
 
 
 cdef inline int freeObject(mheap* h, mcache* c, uintptr_t p, bint tiny) noexcept nogil:
     """Record that the object at p died (its last reference went away).
     c is the calling thread's cache of h, or NULL if it has none; any
-    thread may call this. A slot of a span c is allocating from is freed
-    locally, without atomics; others remotely (freeSlot). Checks that p is
-    the start of a live object of h (for a tiny value: an address inside a
-    live tiny block) and returns a FREE_* code; on an error nothing
-    changes."""
+    thread may call this. The common case, a small object freed by the
+    thread whose cache is allocating from its span, is done here with plain
+    bit operations (freeSlotLocal); large objects, tiny values and frees
+    into other spans go out of line. Checks that p is the start of a live
+    object of h (for a tiny value: an address inside a live tiny block) and
+    returns a FREE_* code; on an error nothing changes."""
     cdef mspan* s = spanOf(h, p)
     cdef uintptr_t idx
     cdef int cls
+    cdef unsigned long long bit
+    cdef unsigned int w
     if s == NULL:
         return FREE_NOT_IN_HEAP
     cls = s.sizeclass
-    if cls == 0:
-        if p != s.startAddr:
-            return FREE_NOT_OBJECT_START
-        # freeBits bit 0 marks a large object freed: two racing frees of
-        # it cannot both pass.
-        if pa_or64(&s.freeBits[0], 1) & 1:
-            return FREE_NOT_ALLOCATED
-        s.allocCount = 0
-        countFree(h, c, 0, s.elemsize)
-        if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
-            keepLargeSpare(c, s)
-        else:
-            freeSpan(h, s)
-        return FREE_OK
+    if cls == 0 or tiny:
+        return freeOther(h, c, s, p, tiny)
     idx = objIndex(s, p)
-    if tiny:
-        if s.tinyRefs == NULL or pa_load8(&s.tinyRefs[idx]) == 0:
-            return FREE_NOT_ALLOCATED
-        if pa_addu8(&s.tinyRefs[idx], -1) == 0:
-            countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
-            freeSlotAny(h, c, s, <unsigned int>idx)
-        else:
-            countFree(h, c, TINY_SIZE_CLASS, 0)
-        return FREE_OK
     if p != s.startAddr + idx * s.elemsize:
         return FREE_NOT_OBJECT_START
     if not isAllocated(s, idx) or (s.tinyRefs != NULL and pa_load8(&s.tinyRefs[idx]) != 0):
         return FREE_NOT_ALLOCATED
-    if not freeSlotAny(h, c, s, <unsigned int>idx):
-        return FREE_NOT_ALLOCATED
-    countFree(h, c, cls, s.elemsize)
+    if c == NULL or c.alloc[cls] != s:
+        return freeRemote(h, c, s, <unsigned int>idx)
+    w = <unsigned int>(idx >> 6)
+    bit = (<unsigned long long>1) << (idx & 63)
+    if (s.localFreeBits[w] | s.freeBits[w]) & bit:
+        return FREE_NOT_ALLOCATED          # freed already, not yet swept
+    s.localFreeBits[w] |= bit
+    s.nfreedLocal += 1
+    c.nfree[cls] += 1
+    c.freedBytes += s.elemsize
     return FREE_OK
 
 

@@ -67,11 +67,13 @@ cdef extern from "Python.h":
     # it got before the handler's exception propagates.
     int PyErr_CheckSignals() noexcept
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
-                             pa_add64, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK, CLEAR_GIL_CHUNKS,
-                             CHUNK_POOL_MAX)
+                             pa_add64, pa_or64, pa_load8, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
+                             CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
     freeSlotLocal
-from pyarena._mcache cimport nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache
+from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache,
+                              keepLargeSpare)
+from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
 
 
@@ -144,6 +146,58 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
     else:
         pa_addu8(&s.tinyRefs[idx], 1)
     return x
+
+
+cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
+    """mallocSmall when allocCache cannot say: nextFree refills (sweeps in
+    place, or swaps the span for one from mcentral)."""
+    cdef uintptr_t v = nextFree(c, sizeclass)
+    cdef mspan* s
+    if v == 0:
+        return 0
+    s = c.alloc[sizeclass]
+    c.nmalloc[sizeclass] += 1
+    c.allocBytes += s.elemsize
+    if needzero and v < s.zeroLimit:
+        clearSlot(v, nbytes)
+    return v
+
+
+cdef int freeOther(mheap* h, mcache* c, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
+    """freeObject for a large object or a tiny value."""
+    cdef uintptr_t idx
+    if s.sizeclass == 0:
+        if p != s.startAddr:
+            return FREE_NOT_OBJECT_START
+        # freeBits bit 0 marks a large object freed: two racing frees of
+        # it cannot both pass.
+        if pa_or64(&s.freeBits[0], 1) & 1:
+            return FREE_NOT_ALLOCATED
+        s.allocCount = 0
+        countFree(h, c, 0, s.elemsize)
+        if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
+            keepLargeSpare(c, s)
+        else:
+            freeSpan(h, s)
+        return FREE_OK
+    idx = objIndex(s, p)
+    if s.tinyRefs == NULL or pa_load8(&s.tinyRefs[idx]) == 0:
+        return FREE_NOT_ALLOCATED
+    if pa_addu8(&s.tinyRefs[idx], -1) == 0:
+        countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
+        freeSlotAny(h, c, s, <unsigned int>idx)
+    else:
+        countFree(h, c, TINY_SIZE_CLASS, 0)
+    return FREE_OK
+
+
+cdef int freeRemote(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil:
+    """freeObject into a span the calling thread's cache is not allocating
+    from: atomically (freeSlot), counted in its cache or the heap."""
+    if not freeSlot(h, s, idx):
+        return FREE_NOT_ALLOCATED
+    countFree(h, c, s.sizeclass, s.elemsize)
+    return FREE_OK
 
 
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:

@@ -344,7 +344,18 @@ cdef void walk(checker* k) noexcept nogil:
                 report(k, P_BAD_RECORD, ha.base + (i << PAGE_SHIFT), PAGE_SIZE)
                 continue
             a = ha.base + (i << PAGE_SHIFT)
+            if s.state == mSpanFree:
+                # A free run is recorded at its first and last page only.
+                if a != s.startAddr and a != s.startAddr + ((s.npages - 1) << PAGE_SHIFT):
+                    report(k, P_SPANS_INDEX, a, PAGE_SIZE)
+                continue
             if s.state != mSpanInUse or s.startAddr != a:
+                # Inside an in-use span the entries repeat (a span may also
+                # run on from the previous arena); anything else is an
+                # entry that outlived its span.
+                if s.state != mSpanInUse or a < s.startAddr or \
+                        a >= s.startAddr + (s.npages << PAGE_SHIFT):
+                    report(k, P_SPANS_INDEX, a, PAGE_SIZE)
                 continue
             pages = s.npages
             if pages == 0 or pages > h.pagesMapped:

@@ -3,7 +3,7 @@
 
 from libc.stdint cimport uint64_t, uintptr_t
 from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PAGE_SIZE,
-                             LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
+                             LOG_HEAP_ARENA_BYTES, ARENA_INDEX_BITS,
                              ADDR_BITS, PAGES_PER_ARENA, pa_loadptr)
 
 cdef mheap* mheap_new() noexcept nogil
@@ -19,27 +19,23 @@ cdef uintptr_t nextDirtyPage(mheap* h, uintptr_t addr, uintptr_t end) noexcept n
 
 cdef inline heapArena* arenaOf(mheap* h, uintptr_t p) noexcept nogil:
     """The heap's arena holding address p, or NULL (Go: the arenas index
-    walked by spanOf)."""
+    walked by spanOf): one load."""
     if p >> ADDR_BITS:
         return NULL
-    cdef uintptr_t ai = p >> LOG_HEAP_ARENA_BYTES
-    cdef heapArena** l2 = <heapArena**>pa_loadptr(<void**>&h.arenas[ai >> ARENA_L2_BITS])
-    if l2 == NULL:
-        return NULL
-    return <heapArena*>pa_loadptr(<void**>&l2[ai & ((1 << ARENA_L2_BITS) - 1)])
+    return <heapArena*>pa_loadptr(<void**>&h.arenaIndex[p >> LOG_HEAP_ARENA_BYTES])
 
 
 cdef inline mspan* spanOf(mheap* h, uintptr_t p) noexcept nogil:
     """The in-use span holding address p, or NULL: for any address, in the
     heap or not, in O(1) (Go: spanOf + the mSpanInUse check of
-    spanOfHeap). spans[] may hold stale records for pages inside free runs;
-    the bounds and state checks reject them."""
+    spanOfHeap). Arenas are 64 MiB-aligned, so the page's entry is bits
+    13..25 of p; spans[] has no stale entries (see heapArena), so an entry
+    in state mSpanInUse is the span holding p."""
     cdef heapArena* ha = arenaOf(h, p)
     if ha == NULL:
         return NULL
-    cdef mspan* s = ha.spans[(p - ha.base) >> PAGE_SHIFT]
-    if s == NULL or s.state != mSpanInUse or p < s.startAddr or \
-            p >= s.startAddr + (s.npages << PAGE_SHIFT):
+    cdef mspan* s = ha.spans[(p >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]
+    if s == NULL or s.state != mSpanInUse:
         return NULL
     return s
 

@@ -40,7 +40,7 @@ from libc.stdint cimport uint64_t, uintptr_t
 from pyarena._types cimport (
     mheap, mspan, mcache, heapArena, mcentral, mSpanList, arenaReservation,
     mSpanDead, mSpanInUse, mSpanFree, inNoList, inFreePages,
-    PAGE_SHIFT, PAGE_SIZE, LOG_HEAP_ARENA_BYTES, ARENA_L1_BITS, ARENA_L2_BITS,
+    PAGE_SHIFT, PAGE_SIZE, LOG_HEAP_ARENA_BYTES, ARENA_INDEX_BITS,
     ADDR_BITS, PAGES_PER_ARENA, HEAP_GROW_PAGES, MAX_FREE_LIST_PAGES,
     NUM_SIZE_CLASSES, TINY_SIZE_CLASS, pa_mutex, pa_mutex_init, pa_lock, pa_unlock,
     pa_storeptr)
@@ -62,6 +62,10 @@ cdef mheap* mheap_new() noexcept nogil:
     cdef mheap* h = <mheap*>sysAllocOS(sizeof(mheap))
     cdef int i
     if h == NULL:
+        return NULL
+    h.arenaIndex = <heapArena**>sysAllocOS(sizeof(heapArena*) << ARENA_INDEX_BITS)
+    if h.arenaIndex == NULL:
+        sysFree(h, sizeof(mheap))
         return NULL
     h.refs = 1
     pa_mutex_init(&h.lock)
@@ -87,6 +91,7 @@ cdef void mheap_destroy(mheap* h) noexcept nogil:
         sysFree(<void*>r.base, r.size)
         r = nxt
     persistentfreeall(&h.persistent)
+    sysFree(h.arenaIndex, sizeof(heapArena*) << ARENA_INDEX_BITS)
     sysFree(h, sizeof(mheap))
 
 
@@ -113,6 +118,11 @@ cdef void setSpans(mheap* h, uintptr_t base, uintptr_t npages, mspan* s) noexcep
             ha.spans[i] = s
             i += 1
         addr = ha.base + (stop << PAGE_SHIFT)
+
+
+cdef inline void clearSpanEntry(mheap* h, uintptr_t page) noexcept nogil:
+    cdef heapArena* ha = arenaOf(h, page)
+    ha.spans[pageIndex(ha, page)] = NULL
 
 
 cdef inline void setSpanEnds(mheap* h, mspan* s) noexcept nogil:
@@ -239,14 +249,23 @@ cdef mspan* freeNeighbour(mheap* h, uintptr_t page) noexcept nogil:
     return s
 
 
+cdef inline void clearRunEnds(mheap* h, mspan* s) noexcept nogil:
+    clearSpanEntry(h, s.startAddr)
+    clearSpanEntry(h, s.startAddr + ((s.npages - 1) << PAGE_SHIFT))
+
+
 cdef void insertFree(mheap* h, mspan* s) noexcept nogil:
     """Put the free run s in the page heap, merged with free neighbours
     (Go: mheap.freeSpanLocked + coalesce)."""
     cdef mspan* t
     s.state = mSpanFree
+    # Pages that end up inside the merged run lose their entries (see
+    # heapArena: a free run is recorded at its two ends only).
     t = freeNeighbour(h, s.startAddr - PAGE_SIZE)
     if t != NULL:
         spanListRemove(freeListFor(h, t.npages), t)
+        clearRunEnds(h, t)
+        clearRunEnds(h, s)
         s.startAddr = t.startAddr
         s.npages += t.npages
         t.state = mSpanDead
@@ -254,6 +273,8 @@ cdef void insertFree(mheap* h, mspan* s) noexcept nogil:
     t = freeNeighbour(h, s.startAddr + (s.npages << PAGE_SHIFT))
     if t != NULL:
         spanListRemove(freeListFor(h, t.npages), t)
+        clearRunEnds(h, t)
+        clearRunEnds(h, s)
         s.npages += t.npages
         t.state = mSpanDead
         fixalloc_free(&h.spanalloc, t)
@@ -300,23 +321,14 @@ cdef mspan* allocPages(mheap* h, uintptr_t npages) noexcept nogil:
 
 cdef bint registerArenas(mheap* h, uintptr_t base, uintptr_t size) noexcept nogil:
     """Create heapArena records for a fresh reservation and index them."""
-    cdef uintptr_t a, ai
+    cdef uintptr_t a
     cdef heapArena* ha
-    cdef heapArena** l2
     cdef arenaReservation* r = <arenaReservation*>persistentalloc(
         &h.persistent, sizeof(arenaReservation), 8)
     if r == NULL:
         return False
     a = base
     while a < base + size:
-        ai = a >> LOG_HEAP_ARENA_BYTES
-        l2 = h.arenas[ai >> ARENA_L2_BITS]
-        if l2 == NULL:
-            l2 = <heapArena**>persistentalloc(
-                &h.persistent, sizeof(heapArena*) << ARENA_L2_BITS, 64)
-            if l2 == NULL:
-                return False
-            pa_storeptr(<void**>&h.arenas[ai >> ARENA_L2_BITS], l2)
         ha = <heapArena*>persistentalloc(&h.persistent, sizeof(heapArena), 4096)
         if ha == NULL:
             return False
@@ -324,7 +336,7 @@ cdef bint registerArenas(mheap* h, uintptr_t base, uintptr_t size) noexcept nogi
         ha.base = a
         ha.next = h.allArenas
         h.allArenas = ha
-        pa_storeptr(<void**>&l2[ai & ((1 << ARENA_L2_BITS) - 1)], ha)
+        pa_storeptr(<void**>&h.arenaIndex[a >> LOG_HEAP_ARENA_BYTES], ha)
         a += HEAP_ARENA_BYTES
     r.base = base
     r.size = size
@@ -445,6 +457,10 @@ cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil:
         fixalloc_free(&h.tinyrefalloc, s.tinyRefs)
         s.tinyRefs = NULL
     s.list = inNoList
+    # A free run keeps entries at its ends only: clear the rest, so that no
+    # entry can outlive the span and name a record that is later reused
+    # for other pages (spanOf trusts in-use entries without a bounds check).
+    setSpans(h, s.startAddr, s.npages, NULL)
     insertFree(h, s)
 
 

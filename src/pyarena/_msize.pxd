@@ -2,6 +2,7 @@
 # generated into sizeclasses.h by tools/mksizeclasses.py.
 
 from pyarena._types cimport (pyarena_size_to_class8, pyarena_size_to_class128,
+                             pyarena_size_to_class8_align16,
                              pyarena_class_to_minalign, SMALL_SIZE_MAX,
                              NUM_SIZE_CLASSES)
 
@@ -30,11 +31,11 @@ cdef inline int alignedClass(size_t size, size_t align) noexcept nogil:
 
 
 cdef inline int sizeToClass16(size_t size) noexcept nogil:
-    """alignedClass(size, 16) for 1 <= size <= MAX_SMALL_SIZE, without the
-    search: only classes 1 (8 B) and 3 (24 B) are less than 16-aligned
-    (tests/test_api checks this against the table), and the next class up
-    of each is 16-aligned."""
-    cdef int c = sizeToClass(size)
-    if c == 1 or c == 3:
-        c += 1
-    return c
+    """alignedClass(size, 16) for 1 <= size <= MAX_SMALL_SIZE, by table: the
+    generated size_to_class8_align16 moves the two classes that are less than
+    16-aligned (8 and 24 bytes) to the next class up, which is 16-aligned;
+    every class above 1024 bytes is a multiple of 128 (tests/test_api checks
+    both against the table)."""
+    if size <= SMALL_SIZE_MAX:
+        return pyarena_size_to_class8_align16[(size + 7) >> 3]
+    return pyarena_size_to_class128[(size - SMALL_SIZE_MAX + 127) >> 7]

@@ -51,6 +51,7 @@ cdef void initSpan(mspan* s, int sizeclass, bint needzero) noexcept nogil:
         s.nelems = pyarena_class_to_nelems[sizeclass]
         s.divMul = pyarena_class_to_divmagic[sizeclass]
     refillAllocCache(s, 0)
+    s.zeroLimit = s.startAddr + s.nelems * s.elemsize if needzero else s.startAddr
 
 
 cdef uint16_t nextFreeIndex(mspan* s) noexcept nogil:
@@ -116,6 +117,8 @@ cdef void sweep(mspan* s) noexcept nogil:
         s.allocBits[w] = live & ~(freed | local)
     if fi > s.freshindex:
         s.freshindex = <uint16_t>fi
+        if not s.needzero:
+            s.zeroLimit = s.startAddr + fi * s.elemsize
     s.allocCount -= <uint16_t>count + s.nfreedLocal
     s.nfreedLocal = 0
     pa_add32(&s.nfreed, -count)

@@ -68,6 +68,7 @@ cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_divmagic[]
     const uint8_t pyarena_size_to_class8[]
     const uint8_t pyarena_size_to_class128[]
+    const uint8_t pyarena_size_to_class8_align16[]
 
 
 cdef enum:
@@ -86,9 +87,10 @@ cdef enum:
     PAGES_PER_ARENA = 8192                  # (1 << 26) / PAGE_SIZE
     SCAV_WORDS = 128                        # PAGES_PER_ARENA / 64
     # The arena index: 48-bit user addresses less the 26 in an arena leave
-    # 22 bits, split 10 (L1, in the mheap) + 12 (L2, allocated on use).
-    ARENA_L1_BITS = 10
-    ARENA_L2_BITS = 12
+    # 22 bits, one level of 4M entries (Go on linux/amd64: arenaL1Bits 0,
+    # arenaL2Bits 22). Its 32 MiB are mapped at once but read as zero until
+    # written, so they cost a page of memory per 32 GiB of heap.
+    ARENA_INDEX_BITS = 22
     ADDR_BITS = 48
 
     # The heap grows its mapped part in 4 MiB steps (Go: mheap.grow rounds
@@ -160,6 +162,10 @@ cdef struct mspan:
                               # for a large span, 1 = every page dirty, its
                               # scav bits stale (reused as an mcache's
                               # large spare)
+    uintptr_t zeroLimit       # slots below this address may hold old data
+                              # (the span's end if needzero, else the start
+                              # of slot freshindex): one compare tells
+                              # whether a slot must be cleared
     uint8_t sizeclass         # 0 for a large span
     uint8_t state             # spanState
     uint8_t needzero          # the span's pages may hold old data
@@ -220,8 +226,10 @@ cdef struct heapArena:
     # says the page was zero when the span was allocated and has not been
     # cleared since; freeSpan clears it.
     uint64_t scav[SCAV_WORDS]
-    mspan* spans[PAGES_PER_ARENA]    # page -> span (all pages of in-use
-                                     # spans; first and last of free runs)
+    # page -> span: every page of an in-use span; the first and last page
+    # of a free run; NULL elsewhere (inside free runs, unmapped pages). So
+    # a non-NULL entry of an in-use span is the span holding that page.
+    mspan* spans[PAGES_PER_ARENA]
 
 
 cdef struct mcentral:
@@ -288,7 +296,7 @@ cdef struct mheap:
     mspan* chunkPool[CHUNK_POOL_MAX]
     uintptr_t chunkDirty[CHUNK_POOL_MAX]
     int npool
-    heapArena** arenas[1 << ARENA_L1_BITS]   # L1 -> L2 -> heapArena
+    heapArena** arenaIndex              # address >> 26 -> its heapArena
     heapArena* allArenas
     arenaReservation* reservations
     # Go: curArena. The unmapped tail of the newest reservation.
