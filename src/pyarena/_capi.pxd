@@ -5,4 +5,3 @@ from pyarena._types cimport mheap, pyarena_allocator
 cdef void initAllocator(mheap* h) noexcept nogil
 cdef const pyarena_allocator* closedAllocator() noexcept nogil
 cdef object newHandlerCapsule(mheap* h)
-cdef void reportInvalidFree(mheap* h, void* p, int why) noexcept nogil

@@ -17,7 +17,7 @@ Every function runs without the GIL, from any thread, and never raises:
 no memory is NULL; a closed heap allocates nothing (NULL; NumPy raises
 MemoryError) but still frees; a free of a pointer the heap does not hold
 live is reported with a RuntimeWarning, counted in invalid_frees and
-ignored (reportInvalidFree), never corrupting the heap: spanOf and the
+ignored (_malloc.badFree), never corrupting the heap: spanOf and the
 allocation bits decide, from the address alone.
 """
 
@@ -26,22 +26,23 @@ from libc.string cimport memcpy, strncpy
 from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_Destructor
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport mheap, mcache, mspan, pyarena_allocator, pa_add64
-from pyarena._mcache cimport getmcache, peekmcache, releaseHeap
+from pyarena._mcache cimport getmcache, lookupmcache, releaseHeap
+from pyarena._mspan cimport nextFreeFast
+from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLargeNogil, liveObject,
-                              FREE_OK, FREE_NOT_IN_HEAP, FREE_NOT_OBJECT_START,
-                              FREE_NOT_ALLOCATED)
+                              clearSlot, mallocSmallSlow,
+                              badFree, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
 from pyarena._ndarray cimport PyDataMem_Handler
 
-import warnings
 
 # The zero-size address (_malloc.zerobase), read once: the free paths
 # compare every pointer with it.
 cdef uintptr_t ZEROBASE = zerobaseAddr()
 
 
-cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
-    """At least size bytes, 16-aligned (as C's malloc), zeroed if asked; 0
-    without memory or from a closed heap; the zero-size address for 0."""
+cdef uintptr_t heapMallocSlow(mheap* h, size_t size, bint zero) noexcept nogil:
+    """heapMalloc's general case: any size, a thread with no cache yet, a
+    span that needs a refill, a closed heap."""
     cdef mcache* c
     cdef mspan* large
     cdef uintptr_t p
@@ -57,6 +58,31 @@ cdef uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
     if large != NULL:
         clearLargeNogil(h, large, size)
     return p
+
+
+cdef inline uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogil:
+    """At least size bytes, 16-aligned (as C's malloc), zeroed if asked; 0
+    without memory or from a closed heap; the zero-size address for 0. The
+    common case (1..1024 bytes, this thread's cache found in its slot, a
+    free slot in its span's allocCache) is inline and calls nothing but
+    clearSlot's memset for a large calloc; every other case is one tail
+    call (Go's mallocgc fast path; mimalloc's mi_heap_malloc_small)."""
+    cdef mcache* c = lookupmcache(h)
+    cdef mspan* s
+    cdef uintptr_t v
+    cdef int cls
+    if c == NULL or h.closed or size - 1 >= SMALL_SIZE_MAX:
+        return heapMallocSlow(h, size, zero)
+    cls = pyarena_size_to_class8_align16[(size + 7) >> 3]
+    s = c.alloc[cls]
+    v = nextFreeFast(s)
+    if v == 0:
+        return mallocSmallSlow(c, cls, size, zero)
+    c.nmalloc[cls] += 1
+    c.allocBytes += s.elemsize
+    if zero and v < s.zeroLimit:
+        clearSlot(v, size)
+    return v
 
 
 cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
@@ -78,10 +104,10 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     if p == NULL or <uintptr_t>p == ZEROBASE:
         return <void*>heapMalloc(h, size, False)
     if liveObject(h, <uintptr_t>p, &start, &slot) == NULL:
-        reportInvalidFree(h, p, FREE_NOT_ALLOCATED)
+        badFree(h, <uintptr_t>p, FREE_NOT_ALLOCATED)
         return NULL
     if start != <uintptr_t>p:
-        reportInvalidFree(h, p, FREE_NOT_OBJECT_START)
+        badFree(h, <uintptr_t>p, FREE_NOT_OBJECT_START)
         return NULL
     old = slot
     if size <= old and size > old // 2:
@@ -94,27 +120,10 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     return q
 
 
-cdef void heapFree(mheap* h, void* p) noexcept nogil:
-    cdef int r
+cdef inline void heapFree(mheap* h, void* p) noexcept nogil:
     if p == NULL or <uintptr_t>p == ZEROBASE:
         return
-    r = freeObject(h, peekmcache(h), <uintptr_t>p, False)
-    if r != FREE_OK:
-        reportInvalidFree(h, p, r)
-
-
-cdef void reportInvalidFree(mheap* h, void* p, int why) noexcept nogil:
-    """Count a bad free and warn (RuntimeWarning) rather than corrupt."""
-    pa_add64(&h.invalidFrees, 1)
-    with gil:
-        what = {FREE_NOT_IN_HEAP: "not in this heap",
-                FREE_NOT_OBJECT_START: "not the start of an allocation",
-                FREE_NOT_ALLOCATED: "not allocated (freed twice?)"}.get(why, "invalid")
-        try:
-            warnings.warn(f"pyarena: free of {<uintptr_t>p:#x} ignored: {what}",
-                          RuntimeWarning, stacklevel=2)
-        except BaseException:
-            pass
+    freeObject(h, <uintptr_t>p, False)
 
 
 # ---------------------------------------------------------------------------

@@ -99,7 +99,7 @@ cdef class Block:
         if self.ptr != 0 and self._nbytes != 0 and self._owner is None and self.h != NULL:
             # The heap is alive (we hold its Heap) and its mheap too: a heap
             # is unmapped early only when it has no live objects.
-            freeObject(self.h, peekmcache(self.h), self.ptr, self._tiny)
+            freeObject(self.h, self.ptr, self._tiny)
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
         PyBuffer_FillInfo(buffer, self, <void*>self.ptr, self._nbytes, 0, flags)

@@ -123,7 +123,7 @@ cdef class Heap(Allocator):
             try:
                 clearLarge(h, large, nbytes)
             except BaseException:
-                freeObject(h, peekmcache(h), p, False)
+                freeObject(h, p, False)
                 raise
         pl.addr = p
         pl.sizeclass = cls

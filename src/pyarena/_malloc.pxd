@@ -6,7 +6,7 @@ from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, p
                              MAX_ALLOC, PAGE_SIZE, PAGE_SHIFT)
 from pyarena._msize cimport alignedClass, sizeToClass16
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, freeSlotLocal
-from pyarena._mcache cimport nextFree, allocLarge, keepLargeSpare
+from pyarena._mcache cimport nextFree, allocLarge, keepLargeSpare, threadSelf
 from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport freeSpan, spanOf
 
@@ -22,8 +22,9 @@ cdef mspan* allocUserArenaChunk(mheap* h, mcache* c, uintptr_t npages,
 cdef void freeUserArenaChunk(mheap* h, mspan* s, uintptr_t dirtyEnd) noexcept nogil
 cdef void dropUserArenaChunks(mheap* h) noexcept nogil
 cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil
-cdef int freeOther(mheap* h, mcache* c, mspan* s, uintptr_t p, bint tiny) noexcept nogil
-cdef int freeRemote(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil
+cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil
+cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil
+cdef void badFree(mheap* h, uintptr_t p, int why) noexcept nogil
 
 # freeObject results
 cdef enum:
@@ -95,45 +96,53 @@ cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint 
     return v
 
 
-cdef inline int freeObject(mheap* h, mcache* c, uintptr_t p, bint tiny) noexcept nogil:
-    """Record that the object at p died (its last reference went away).
-    c is the calling thread's cache of h, or NULL if it has none; any
+cdef inline void freeObject(mheap* h, uintptr_t p, bint tiny) noexcept nogil:
+    """Record that the object at p died (its last reference went away); any
     thread may call this. The common case, a small object freed by the
-    thread whose cache is allocating from its span, is done here with plain
-    bit operations (freeSlotLocal); large objects, tiny values and frees
-    into other spans go out of line. Checks that p is the start of a live
-    object of h (for a tiny value: an address inside a live tiny block) and
-    returns a FREE_* code; on an error nothing changes."""
+    thread whose cache is allocating from its span (the span's ownerThread
+    is the caller's thread pointer), is done here with plain bit operations;
+    large objects, tiny values and frees into other spans go out of line.
+    A p that is not the start of a live object of h (for a tiny value: an
+    address inside a live tiny block) changes nothing and is reported
+    (badFree). Every other path ends in a tail call, so the common one
+    saves no registers."""
     cdef mspan* s = spanOf(h, p)
     cdef uintptr_t idx
     cdef int cls
     cdef unsigned long long bit
     cdef unsigned int w
+    cdef mcache* c
     if s == NULL:
-        return FREE_NOT_IN_HEAP
+        badFree(h, p, FREE_NOT_IN_HEAP)
+        return
     cls = s.sizeclass
     if cls == 0 or tiny:
-        return freeOther(h, c, s, p, tiny)
+        freeOther(h, s, p, tiny)
+        return
     idx = objIndex(s, p)
     if p != s.startAddr + idx * s.elemsize:
-        return FREE_NOT_OBJECT_START
+        badFree(h, p, FREE_NOT_OBJECT_START)
+        return
     if not isAllocated(s, idx) or (s.tinyRefs != NULL and pa_load8(&s.tinyRefs[idx]) != 0):
-        return FREE_NOT_ALLOCATED
-    if c == NULL or c.alloc[cls] != s:
-        return freeRemote(h, c, s, <unsigned int>idx)
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
+    if s.ownerThread != threadSelf():
+        freeRemote(h, s, p, <unsigned int>idx)
+        return
+    c = s.cache
     w = <unsigned int>(idx >> 6)
     bit = (<unsigned long long>1) << (idx & 63)
     if (s.localFreeBits[w] | s.freeBits[w]) & bit:
-        return FREE_NOT_ALLOCATED          # freed already, not yet swept
+        badFree(h, p, FREE_NOT_ALLOCATED)      # freed already, not yet swept
+        return
     s.localFreeBits[w] |= bit
     s.nfreedLocal += 1
     c.nfree[cls] += 1
     c.freedBytes += s.elemsize
-    return FREE_OK
 
 
-cdef inline bint freeSlotAny(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil:
-    if c != NULL and c.alloc[s.sizeclass] == s:
+cdef inline bint freeSlotAny(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
+    if s.ownerThread == threadSelf():
         return freeSlotLocal(s, idx)
     return freeSlot(h, s, idx)
 

@@ -60,14 +60,14 @@ in Go; a block lives until every value carved from it has died. Zero-size
 allocations all return one address, zerobase.
 """
 
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uintptr_t, uint64_t
 from libc.string cimport memset
 cdef extern from "Python.h":
     # Without Cython's exception check, so that the clear can note how far
     # it got before the handler's exception propagates.
     int PyErr_CheckSignals() noexcept
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
-                             pa_add64, pa_or64, pa_load8, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
+                             pa_add64, pa_or64, pa_load8, pa_load32, pa_store16, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
                              CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
     freeSlotLocal
@@ -76,6 +76,8 @@ from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, 
 from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
 
+
+import warnings
 
 # The base address of all zero-byte allocations (Go: zerobase). Nothing is
 # ever stored there: a zero-length buffer cannot be written. Page-aligned so
@@ -149,13 +151,24 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
 
 
 cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint needzero) noexcept nogil:
-    """mallocSmall when allocCache cannot say: nextFree refills (sweeps in
+    """mallocSmall when allocCache cannot say. A span of one bitmap word
+    whose slots this thread freed itself (the make-and-drop loop of a class
+    with few slots a span, 512 bytes and up) is swept here in a few
+    instructions and used again; otherwise nextFree refills (sweeps in
     place, or swaps the span for one from mcentral)."""
-    cdef uintptr_t v = nextFree(c, sizeclass)
-    cdef mspan* s
+    cdef mspan* s = c.alloc[sizeclass]
+    cdef uintptr_t v = 0
+    if s.freeindex == s.nelems and s.nelems <= 64 and s.nfreedLocal and \
+            <unsigned int>s.nfreedLocal * 8 >= s.nelems and pa_load32(&s.nfreed) == 0 and \
+            s.freeBits[0] == 0:
+        sweepLocalWord(s)
+        pa_add64(&c.heap.nsweeps, 1)
+        v = nextFreeFast(s)
     if v == 0:
-        return 0
-    s = c.alloc[sizeclass]
+        v = nextFree(c, sizeclass)
+        if v == 0:
+            return 0
+        s = c.alloc[sizeclass]
     c.nmalloc[sizeclass] += 1
     c.allocBytes += s.elemsize
     if needzero and v < s.zeroLimit:
@@ -163,41 +176,80 @@ cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint nee
     return v
 
 
-cdef int freeOther(mheap* h, mcache* c, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
+cdef inline void sweepLocalWord(mspan* s) noexcept nogil:
+    """sweep for a full one-word span whose frees are all its owner's: every
+    slot was handed out (freeindex == nelems), so the live slots are those
+    not in localFreeBits."""
+    cdef uint64_t full = ~(<uint64_t>0) if s.nelems == 64 else \
+        (((<uint64_t>1) << s.nelems) - 1)
+    s.allocBits[0] = full & ~s.localFreeBits[0]
+    s.localFreeBits[0] = 0
+    s.allocCount -= s.nfreedLocal
+    s.nfreedLocal = 0
+    s.freshindex = s.nelems
+    if not s.needzero:
+        s.zeroLimit = s.startAddr + s.nelems * s.elemsize
+    pa_store16(&s.freeindex, 0)         # after allocBits: see isAllocated
+    s.allocCache = ~s.allocBits[0]
+
+
+cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
     """freeObject for a large object or a tiny value."""
     cdef uintptr_t idx
+    cdef mcache* c = peekmcache(h)
     if s.sizeclass == 0:
         if p != s.startAddr:
-            return FREE_NOT_OBJECT_START
+            badFree(h, p, FREE_NOT_OBJECT_START)
+            return
         # freeBits bit 0 marks a large object freed: two racing frees of
         # it cannot both pass.
         if pa_or64(&s.freeBits[0], 1) & 1:
-            return FREE_NOT_ALLOCATED
+            badFree(h, p, FREE_NOT_ALLOCATED)
+            return
         s.allocCount = 0
         countFree(h, c, 0, s.elemsize)
         if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
             keepLargeSpare(c, s)
         else:
             freeSpan(h, s)
-        return FREE_OK
+        return
     idx = objIndex(s, p)
     if s.tinyRefs == NULL or pa_load8(&s.tinyRefs[idx]) == 0:
-        return FREE_NOT_ALLOCATED
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
     if pa_addu8(&s.tinyRefs[idx], -1) == 0:
         countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
-        freeSlotAny(h, c, s, <unsigned int>idx)
+        freeSlotAny(h, s, <unsigned int>idx)
     else:
         countFree(h, c, TINY_SIZE_CLASS, 0)
-    return FREE_OK
 
 
-cdef int freeRemote(mheap* h, mcache* c, mspan* s, unsigned int idx) noexcept nogil:
+cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil:
     """freeObject into a span the calling thread's cache is not allocating
     from: atomically (freeSlot), counted in its cache or the heap."""
+    cdef int cls = s.sizeclass
+    cdef uintptr_t size = s.elemsize
     if not freeSlot(h, s, idx):
-        return FREE_NOT_ALLOCATED
-    countFree(h, c, s.sizeclass, s.elemsize)
-    return FREE_OK
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
+    # s may be gone now (freeSlot gave its pages back): counted from copies.
+    countFree(h, peekmcache(h), cls, size)
+
+
+cdef void badFree(mheap* h, uintptr_t p, int why) noexcept nogil:
+    """A free of a pointer h does not hold live: count it and warn
+    (RuntimeWarning) rather than corrupt anything (MemStats.invalid_frees).
+    Any thread; the GIL is taken for the warning."""
+    pa_add64(&h.invalidFrees, 1)
+    with gil:
+        what = {FREE_NOT_IN_HEAP: "not in this heap",
+                FREE_NOT_OBJECT_START: "not the start of an allocation",
+                FREE_NOT_ALLOCATED: "not allocated (freed twice?)"}.get(why, "invalid")
+        try:
+            warnings.warn(f"pyarena: free of {p:#x} ignored: {what}",
+                          RuntimeWarning, stacklevel=2)
+        except BaseException:
+            pass
 
 
 cdef mspan* liveObject(mheap* h, uintptr_t p, uintptr_t* start, uintptr_t* size) noexcept nogil:
@@ -342,12 +394,11 @@ cdef void freeUserArenaChunk(mheap* h, mspan* s, uintptr_t dirtyEnd) noexcept no
         h.chunkDirty[h.npool] = dirtyEnd
         h.npool += 1
         return
-    freeObject(h, peekmcache(h), s.startAddr, False)
+    freeObject(h, s.startAddr, False)
 
 
 cdef void dropUserArenaChunks(mheap* h) noexcept nogil:
     """Free every pooled chunk (Heap.release, close)."""
-    cdef mcache* c = peekmcache(h)
     while h.npool:
         h.npool -= 1
-        freeObject(h, c, h.chunkPool[h.npool].startAddr, False)
+        freeObject(h, h.chunkPool[h.npool].startAddr, False)

@@ -199,6 +199,14 @@ cdef void atforkChild() noexcept nogil:
             c = h.tcache[i]
             if c != NULL and c.owner != me:
                 h.tcache[i] = NULL
+        # Their spans are nobody's to free into without atomics.
+        c = h.caches
+        while c != NULL:
+            if c.owner != me:
+                for i in range(NUM_SIZE_CLASSES):
+                    if c.alloc[i].state != mSpanDead:
+                        c.alloc[i].ownerThread = 0
+            c = c.next
         h = h.regNext
     atforkParent()
 
@@ -487,6 +495,8 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     s = cacheSpan(c.heap, sizeclass)
     if s == NULL:
         return NULL
+    s.cache = c
+    s.ownerThread = c.owner
     c.alloc[sizeclass] = s
     return s
 

@@ -104,6 +104,9 @@ cdef void uncacheSpan(mheap* h, mspan* s) noexcept nogil:
     cdef mcentral* c = &h.central[s.sizeclass]
     cdef int32_t nfreed
     pa_lock(&c.lock)
+    # No thread frees locally from here on (the owner is the caller).
+    s.ownerThread = 0
+    s.cache = NULL
     if s.nfreedLocal:
         # The owner's own frees must become visible before it lets go.
         sweep(s)

@@ -142,6 +142,7 @@ cdef enum spanList:
 
 
 cdef struct mheap
+cdef struct mcache
 
 
 cdef struct mspan:
@@ -172,6 +173,12 @@ cdef struct mspan:
     uint8_t incache           # an mcache allocates from it
     uint8_t list              # spanList: which list it is on
     uint64_t allocCache       # complement of allocBits from freeindex on
+    # The cache allocating from this span and its thread's thread pointer
+    # (0 when no cache holds it): a free compares ownerThread with its own
+    # thread pointer to know it may free without atomics. Written by the
+    # owner alone; another thread reads 0, or a pointer not its own.
+    uintptr_t ownerThread
+    mcache* cache
     uint8_t* tinyRefs         # class 2 spans used by the tiny allocator:
                               # live sub-objects (+1 for the cache) per slot
     # allocBits: 1 = slot allocated as of the last sweep. Slots below
