@@ -18,7 +18,7 @@ and the Heap object itself. Every Block holds the Heap.
 
 cimport cython
 from libc.stdint cimport uint64_t, uintptr_t
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, TINY_SIZE,
                              NUM_SIZE_CLASSES, pyarena_class_to_size, pa_load64, pa_lock,
                              pa_unlock)
@@ -31,7 +31,14 @@ from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, li
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._capi cimport initAllocator, closedAllocator, newHandlerCapsule
 from pyarena._mcheck cimport checkHeap
-from pyarena._ndarray cimport checkDeviceLike, arrayHandler, emptyBase
+from pyarena._ndarray cimport (checkDeviceLike, arrayHandler, emptyBase, descrCache,
+                               theDescrCache, wrapOwned, npy_intp, PyLong_CheckExact)
+from pyarena._mcache cimport lookupmcache
+from pyarena._mspan cimport nextFreeFast
+from pyarena._malloc cimport clearSlot, mallocSmallSlow
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.exc cimport PyErr_Occurred
+from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._mstats import MemStats, SizeClassStats
 
 import numpy as np
@@ -384,28 +391,6 @@ def release():
     return _heap().release()
 
 
-@cython.binding(False)
-def zeros(shape, dtype=float, order="C", *, device=None, like=None):
-    """zeros(shape, dtype=None, order='C', *, device=None, like=None)
---
-
-``default_heap().zeros(...)``: see ``Allocator.zeros``."""
-    if device is not None or like is not None:
-        checkDeviceLike(device, like)
-    return _heap()._zeros(shape, dtype, order, True)
-
-
-@cython.binding(False)
-def empty(shape, dtype=float, order="C", *, device=None, like=None):
-    """empty(shape, dtype=None, order='C', *, device=None, like=None)
---
-
-``default_heap().empty(...)``: see ``Allocator.empty``."""
-    if device is not None or like is not None:
-        checkDeviceLike(device, like)
-    return _heap()._zeros(shape, dtype, order, False)
-
-
 def full(shape, fill_value, dtype=None, order="C", *, device=None, like=None):
     """``default_heap().full(...)``: see ``Allocator.full``."""
     return _heap().full(shape, fill_value, dtype, order, device=device, like=like)
@@ -424,3 +409,258 @@ def empty_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None)
 def full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None, *, device=None):
     """``default_heap().full_like(...)``: see ``Allocator.full_like``."""
     return _heap().full_like(a, fill_value, dtype, order, subok, shape, device=device)
+
+
+# ---------------------------------------------------------------------------
+# zeros and empty, as C functions.
+#
+# The commonest array request is zeros(n) or zeros(n, dtype) with the dtype
+# of the call before. Cython's argument parsing for the face's signature
+# costs more than the allocation does, so the module functions and the
+# Heap's methods are METH_FASTCALL C functions: they read their positional
+# arguments in place and make a 1-d array of up to 1024 bytes straight from
+# the thread's cache (mallocgc's small path inline, Heap._array1). Any other
+# call (keywords, an order, a shape that is not an int, another dtype, a
+# larger array) goes to the face's own zeros and empty, unchanged.
+
+cdef extern from "Python.h":
+    void PyType_Modified(PyTypeObject* t)
+    ctypedef struct PyMethodDef:
+        const char* ml_name
+        void* ml_meth
+        int ml_flags
+        const char* ml_doc
+    int METH_FASTCALL
+    int METH_KEYWORDS
+    object PyCFunction_NewEx(PyMethodDef* ml, PyObject* self, object module)
+    object PyDescr_NewMethod(PyTypeObject* type, PyMethodDef* meth)
+    PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
+    Py_ssize_t PyTuple_GET_SIZE(object t)
+    Py_ssize_t PY_SSIZE_T_MAX
+
+cdef extern from *:
+    """
+    /* A 1-digit int of CPython 3.11's representation, read in place (its
+       value, or -1 for anything else: negative, larger, or another
+       layout), so that the fast path makes no call to read its shape. */
+    #if PY_VERSION_HEX >= 0x030C0000
+    static inline Py_ssize_t pyarena_small_index(PyObject *o) {
+        return PyUnstable_Long_IsCompact((PyLongObject *)o) ?
+            (Py_ssize_t)PyUnstable_Long_CompactValue((PyLongObject *)o) : -1;
+    }
+    #else
+    static inline Py_ssize_t pyarena_small_index(PyObject *o) {
+        Py_ssize_t size = Py_SIZE(o);
+        if (size == 1) return (Py_ssize_t)((PyLongObject *)o)->ob_digit[0];
+        return size == 0 ? 0 : -1;
+    }
+    #endif
+    """
+    Py_ssize_t smallIndex "pyarena_small_index"(PyObject* o) noexcept
+
+# The dtype cache of _ndarray (the last dtype argument and its facts).
+cdef descrCache* DC = theDescrCache()
+cdef PyObject* FLOAT = <PyObject*>float
+cdef PyObject* ORDER_C = <PyObject*>"C"
+
+
+cdef extern from "numpy/arrayobject.h":
+    ctypedef struct PyArray_Descr:
+        pass
+    PyTypeObject PyArray_Type
+    PyObject* PyArray_NewFromDescr(PyTypeObject* subtype, PyArray_Descr* descr, int nd,
+                                   npy_intp* dims, npy_intp* strides, void* data,
+                                   int flags, PyObject* obj) noexcept
+    int NPY_ARRAY_WRITEABLE
+    int _import_array() except -1
+
+cdef extern from *:
+    """
+    /* Make arr own its data through the heap's handler capsule, as if NumPy
+       had allocated it there (see _ndarray.wrapOwned). */
+    static inline void pyarena_array_own_fast(PyObject *arr, PyObject *capsule) {
+        Py_INCREF(capsule);
+        ((PyArrayObject_fields *)arr)->mem_handler = capsule;
+        ((PyArrayObject_fields *)arr)->flags |= NPY_ARRAY_OWNDATA;
+    }
+    """
+    void arrayOwnFast "pyarena_array_own_fast"(PyObject* arr, PyObject* capsule) noexcept
+
+_import_array()
+
+
+cdef inline PyObject* arrayFast(PyObject* self, PyObject** args, Py_ssize_t nargs,
+                                PyObject* kwnames, bint zero) noexcept:
+    """The fast path, all of it inline: args are (n,) or (n, dtype), n an
+    int and dtype the cached one (the default float counts when the cache
+    holds it), for self's heap (the default heap when self is NULL), n *
+    itemsize at most 1024 bytes. A 1-d array straight from the thread's
+    cache (mallocgc's small path), owned through the heap's handler: a new
+    reference. NULL, with no error set, for any other call and for a heap
+    that needs its general path; NULL with NumPy's error set if making the
+    array object failed."""
+    cdef Py_ssize_t n
+    cdef PyObject* dtype = FLOAT
+    cdef PyObject* arr
+    cdef PyObject* heap
+    cdef mheap* h
+    cdef mcache* c
+    cdef mspan* s
+    cdef uintptr_t v
+    cdef size_t nbytes
+    cdef int cls
+    cdef npy_intp dims[1]
+    if kwnames != NULL or nargs - 1 > 1:
+        return NULL
+    if nargs == 2:
+        dtype = args[1]
+    if dtype != DC.key or DC.hassub or DC.align > 16 or not PyLong_CheckExact(<object>args[0]):
+        return NULL
+    n = smallIndex(args[0])
+    if n < 0:
+        return NULL
+    nbytes = <size_t>n * <size_t>DC.itemsize
+    if nbytes - 1 >= SMALL_SIZE_MAX:
+        return NULL
+    # Borrowed: the default heap (or self) stays alive for this call.
+    heap = <PyObject*>_default if self == NULL else self
+    if heap == <PyObject*>None:
+        return NULL
+    h = (<Heap>heap).h
+    if h == NULL or (<Heap>heap)._closed:
+        return NULL
+    c = lookupmcache(h)
+    if c == NULL:
+        return NULL
+    cls = pyarena_size_to_class8_align16[(nbytes + 7) >> 3]
+    s = c.alloc[cls]
+    v = nextFreeFast(s)
+    if v == 0:
+        v = mallocSmallSlow(c, cls, nbytes, zero)
+        if v == 0:
+            return NULL
+    else:
+        c.nmalloc[cls] += 1
+        c.allocBytes += s.elemsize
+        if zero and v < s.zeroLimit:
+            clearSlot(v, nbytes)
+    dims[0] = n
+    Py_INCREF(<object>DC.descr)     # PyArray_NewFromDescr steals it
+    arr = PyArray_NewFromDescr(&PyArray_Type, <PyArray_Descr*>DC.descr, 1, dims, NULL,
+                               <void*>v, NPY_ARRAY_WRITEABLE, NULL)
+    if arr == NULL:
+        freeObject(h, v, False)
+        return NULL
+    arrayOwnFast(arr, <PyObject*>(<Heap>heap)._capsule)
+    return arr
+
+
+cdef object arraySlow(PyObject* self, PyObject** args, Py_ssize_t nargs,
+                      PyObject* kwnames, object generic):
+    """The face's zeros/empty (generic) with the same arguments."""
+    cdef Heap heap = _heap() if self == NULL else <Heap>self
+    cdef Py_ssize_t i
+    pos = tuple([heap] + [<object>args[i] for i in range(nargs)])
+    if kwnames == NULL:
+        return generic(*pos)
+    kw = {<object>PyTuple_GET_ITEM(<object>kwnames, i): <object>args[nargs + i]
+          for i in range(PyTuple_GET_SIZE(<object>kwnames))}
+    return generic(*pos, **kw)
+
+
+cdef inline object stolen(PyObject* a):
+    """A new reference as an object, taking it over."""
+    r = <object>a
+    Py_DECREF(r)
+    return r
+
+
+cdef int raised() except -1:
+    """Return to the caller with the error already set."""
+    return -1
+
+
+cdef object zerosCall(PyObject* self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """Heap.zeros as a C function."""
+    cdef PyObject* a = arrayFast(self, args, nargs, kwnames, True)
+    if a != NULL:
+        return stolen(a)
+    if PyErr_Occurred() != NULL:
+        raised()
+    return arraySlow(self, args, nargs, kwnames, _faceZeros)
+
+
+cdef object emptyCall(PyObject* self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    """Heap.empty as a C function."""
+    cdef PyObject* a = arrayFast(self, args, nargs, kwnames, False)
+    if a != NULL:
+        return stolen(a)
+    if PyErr_Occurred() != NULL:
+        raised()
+    return arraySlow(self, args, nargs, kwnames, _faceEmpty)
+
+
+cdef object zerosModuleCall(PyObject* module, PyObject** args, Py_ssize_t nargs,
+                            PyObject* kwnames):
+    """pyarena.zeros as a C function (bound to the module, which it
+    ignores: the default heap)."""
+    cdef PyObject* a = arrayFast(NULL, args, nargs, kwnames, True)
+    if a != NULL:
+        return stolen(a)
+    if PyErr_Occurred() != NULL:
+        raised()
+    return arraySlow(NULL, args, nargs, kwnames, _faceZeros)
+
+
+cdef object emptyModuleCall(PyObject* module, PyObject** args, Py_ssize_t nargs,
+                            PyObject* kwnames):
+    """pyarena.empty as a C function."""
+    cdef PyObject* a = arrayFast(NULL, args, nargs, kwnames, False)
+    if a != NULL:
+        return stolen(a)
+    if PyErr_Occurred() != NULL:
+        raised()
+    return arraySlow(NULL, args, nargs, kwnames, _faceEmpty)
+
+
+_faceZeros = Allocator.zeros
+_faceEmpty = Allocator.empty
+
+cdef bytes _zerosModuleDoc = (
+    "zeros($module, /, shape, dtype=None, order='C', *, device=None, like=None)\n--\n\n"
+    "``default_heap().zeros(...)``: see ``Allocator.zeros``.").encode()
+cdef bytes _emptyModuleDoc = (
+    "empty($module, /, shape, dtype=None, order='C', *, device=None, like=None)\n--\n\n"
+    "``default_heap().empty(...)``: see ``Allocator.empty``.").encode()
+cdef bytes _zerosMethodDoc = (
+    "zeros($self, /, shape, dtype=None, order='C', *, device=None, like=None)\n--\n\n"
+    + Allocator.zeros.__doc__).encode()
+cdef bytes _emptyMethodDoc = (
+    "empty($self, /, shape, dtype=None, order='C', *, device=None, like=None)\n--\n\n"
+    + Allocator.empty.__doc__).encode()
+
+cdef PyMethodDef _zerosModuleDef
+cdef PyMethodDef _emptyModuleDef
+cdef PyMethodDef _zerosMethodDef
+cdef PyMethodDef _emptyMethodDef
+
+
+cdef void fillDef(PyMethodDef* d, const char* name, void* fn, bytes doc):
+    d.ml_name = name
+    d.ml_meth = fn
+    d.ml_flags = METH_FASTCALL | METH_KEYWORDS
+    d.ml_doc = doc
+
+
+fillDef(&_zerosModuleDef, "zeros", <void*>zerosModuleCall, _zerosModuleDoc)
+fillDef(&_emptyModuleDef, "empty", <void*>emptyModuleCall, _emptyModuleDoc)
+fillDef(&_zerosMethodDef, "zeros", <void*>zerosCall, _zerosMethodDoc)
+fillDef(&_emptyMethodDef, "empty", <void*>emptyCall, _emptyMethodDoc)
+import sys
+zeros = PyCFunction_NewEx(&_zerosModuleDef, <PyObject*>sys.modules[__name__], __name__)
+empty = PyCFunction_NewEx(&_emptyModuleDef, <PyObject*>sys.modules[__name__], __name__)
+# Heap's own zeros and empty (shadowing the face's in Heap's MRO).
+cdef dict _heapDict = <dict>(<PyTypeObject*>Heap).tp_dict
+_heapDict["zeros"] = PyDescr_NewMethod(<PyTypeObject*>Heap, &_zerosMethodDef)
+_heapDict["empty"] = PyDescr_NewMethod(<PyTypeObject*>Heap, &_emptyMethodDef)
+PyType_Modified(<PyTypeObject*>Heap)
