@@ -1,0 +1,285 @@
+"""Every example of the documentation runs, and prints what the text says.
+
+The files: README.md and docs/*.md. What this test reads in them (write
+new examples the same way):
+
+Blocks.
+- A block fenced ```python is run. Every other fence is not: a plain
+  ``` (shell commands), ```cython, ```c, ```sh.
+- A fence with a file name after the language, ```python file=setup.py or
+  ```cython file=demo.pyx, is a file the reader is asked to write: it is
+  written into the working directory under that name, and not run. When
+  the files include a setup.py, it is built there
+  (``python setup.py build_ext --inplace``, as the guide tells the reader)
+  before any block runs.
+- The ```python blocks of one file run in order, in one fresh interpreter
+  per file, in one namespace: a block may use the names of the blocks
+  before it. The working directory is a new temporary directory.
+
+Printed output. Each top-level statement of a block runs on its own, and
+what it writes to stdout is compared with what the text says it prints,
+which is, in the order of the text, one line of output each:
+- the comment at the end of the line where a ``print(...)`` call ends:
+  ``print(len(b))   # 100``;
+- the comment lines right below that line, at any indentation;
+- the comment lines right below the statement, at the left margin::
+
+      for x in (1, 2):
+          print(x)
+      # 1
+      # 2
+
+A statement that prints must say what, and a statement that says must
+print it. Comments anywhere else are prose; so leave a blank line (or a
+line of code) between a ``print`` and a prose comment.
+
+Expected text.
+- ``...`` in a line matches any run of characters (addresses, timings,
+  ids): ``# <pyarena.Block 64 bytes at 0x..., class 6 (64 B slots)>``.
+- A comment line that is only ``...`` matches any number of output lines.
+- A line may carry a gloss after ``": "`` that is not output:
+  ``# 2: the chunk and big`` expects ``2``. The whole text is tried first,
+  then each prefix that ends before a ``": "``.
+- Trailing spaces are ignored.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tokenize
+import traceback
+from contextlib import redirect_stdout
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^```(\S*)(.*)$")
+
+
+# ---------------------------------------------------------------------------
+# Reading the documents (used by the test and by the child that runs them).
+
+def read_blocks(md: Path):
+    """The blocks of md: a list of (info, first line number, source), where
+    info is the fence's language and the rest of its info string."""
+    blocks = []
+    lines = md.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        lang, rest = m.group(1), m.group(2).strip()
+        start = i + 1
+        j = start
+        while j < len(lines) and not lines[j].startswith("```"):
+            j += 1
+        blocks.append(((lang, rest), start + 1, "\n".join(lines[start:j]) + "\n"))
+        i = j + 1
+    return blocks
+
+
+def file_name(rest: str):
+    m = re.fullmatch(r"file=(\S+)", rest)
+    return m.group(1) if m else None
+
+
+def runnable(md: Path):
+    """(python blocks to run, {file name: text} of the file blocks)."""
+    run, files = [], {}
+    for (lang, rest), line, src in read_blocks(md):
+        name = file_name(rest)
+        if name is not None:
+            files[name] = src
+        elif lang == "python":
+            assert not rest, f"{md.name}:{line}: unknown fence info {rest!r}"
+            run.append((line, src))
+    return run, files
+
+
+def comments(src: str):
+    """{line: (column, text)} of every comment in src (1-based lines)."""
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            # "# text": the text after one space, so that indented output
+            # (a table) keeps its indentation.
+            text = tok.string[1:]
+            out[tok.start[0]] = (tok.start[1], (text[1:] if text[:1] == " " else text).rstrip())
+    return out
+
+
+def expected_output(node: ast.stmt, src_lines: list[str], notes: dict):
+    """What the text says the top-level statement node prints (a list of
+    lines, in the order of the text), and whether it has a print call."""
+    def comment_only(line):
+        return line <= len(src_lines) and src_lines[line - 1].lstrip().startswith("#")
+
+    ends = sorted({c.end_lineno for c in ast.walk(node)
+                   if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+                   and c.func.id == "print"})
+    said = set()
+    for end in ends:
+        col = notes.get(end, (0, ""))[0]
+        if end in notes and col > 0 and src_lines[end - 1][:col].strip():
+            said.add(end)                     # print(x)   # output
+        line = end + 1
+        while comment_only(line):             # print(x)\n    # output
+            said.add(line)
+            line += 1
+    line = node.end_lineno + 1
+    while line <= len(src_lines) and src_lines[line - 1].startswith("#"):
+        said.add(line)                        # after the statement, at the margin
+        line += 1
+    return [notes[k][1] for k in sorted(said)], bool(ends)
+
+
+def line_pattern(text: str):
+    """Regexes one output line may match: the whole text, then the text
+    without each gloss."""
+    cands = [text] + [text[:m.start()] for m in re.finditer(": ", text)]
+    return [re.compile(".*?".join(re.escape(p) for p in c.rstrip().split("...")) + r"\Z", re.S)
+            for c in cands]
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    if not expected:
+        return not actual
+    head = expected[0]
+    if head == "...":
+        return any(matches(expected[1:], actual[k:]) for k in range(len(actual) + 1))
+    if not actual:
+        return False
+    if not any(p.match(actual[0].rstrip()) for p in line_pattern(head)):
+        return False
+    return matches(expected[1:], actual[1:])
+
+
+# ---------------------------------------------------------------------------
+# The child: runs one document's blocks and writes what went wrong as JSON.
+
+def run_document(md: Path, report: Path):
+    blocks, _ = runnable(md)
+    problems = []
+    # The examples' module is __main__ (so that pickle finds their classes).
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    ns = main.__dict__
+    for first, src in blocks:
+        src_lines = src.splitlines()
+        notes = comments(src)
+        tree = ast.parse(src)
+        for node in tree.body:
+            expected, has_print = expected_output(node, src_lines, notes)
+            where = f"{md.name}:{first + node.lineno - 1}"
+            code = ast.Module(body=[node], type_ignores=[])
+            ast.increment_lineno(code, first - 1)
+            buf = io.StringIO()
+            try:
+                with redirect_stdout(buf):
+                    exec(compile(code, str(md), "exec"), ns)
+            except BaseException:
+                problems.append({"where": where, "error": traceback.format_exc()})
+                report.write_text(json.dumps(problems))
+                return
+            actual = buf.getvalue().splitlines()
+            if not has_print and not actual:
+                continue
+            if not matches(expected, actual):
+                problems.append({"where": where, "expected": expected, "actual": actual})
+    report.write_text(json.dumps(problems))
+
+
+# ---------------------------------------------------------------------------
+# The test.
+
+def _env():
+    import pyarena
+    env = dict(os.environ)
+    here = str(Path(pyarena.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    return env
+
+
+def _format(md: Path, problems) -> str:
+    out = [f"{md.relative_to(ROOT)}: {len(problems)} example(s) wrong"]
+    for p in problems:
+        if "error" in p:
+            out.append(f"{p['where']}: raised\n{p['error']}")
+        else:
+            out.append(f"{p['where']}: expected {p['expected']!r}\n  printed {p['actual']!r}")
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("md", DOCS, ids=[p.name for p in DOCS])
+def test_examples_print_what_the_text_says(md):
+    blocks, files = runnable(md)
+    assert blocks or md.name == "design.md", f"{md.name} has no python example"
+    env = _env()
+    with tempfile.TemporaryDirectory(prefix="pyarena-docs-") as tmp:
+        cwd = Path(tmp)
+        for name, text in files.items():
+            (cwd / name).write_text(text)
+        if "setup.py" in files:
+            r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"],
+                               cwd=cwd, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        report = cwd / "report.json"
+        r = subprocess.run([sys.executable, __file__, str(md), str(report)], cwd=cwd,
+                           env={**env, "PYTHONPATH": os.pathsep.join([str(cwd), env["PYTHONPATH"]])},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{md.name}: the examples' interpreter died ({r.returncode})\n" \
+            + r.stderr[-3000:]
+        problems = json.loads(report.read_text())
+    assert not problems, _format(md, problems)
+
+
+def test_the_convention_catches_wrong_output():
+    """The checker itself: wrong output, unverified output and a promised
+    output that is not printed all fail; wildcards, glosses and '...' lines
+    pass what they should."""
+    def check(src):
+        notes = comments(src)
+        lines = src.splitlines()
+        results = []
+        ns = {}
+        for node in ast.parse(src).body:
+            buf = io.StringIO()
+            with redirect_stdout(buf):
+                exec(compile(ast.Module([node], []), "<t>", "exec"), ns)
+            expected, has_print = expected_output(node, lines, notes)
+            actual = buf.getvalue().splitlines()
+            if has_print or actual:
+                results.append(matches(expected, actual))
+        return results
+
+    assert check("print(1, 2)   # 1 2\n") == [True]
+    assert check("print(1, 2)   # 1 3\n") == [False]
+    assert check("print(1, 2)\n") == [False]                      # says nothing
+    assert check("if False:\n    print(1)\n# 1\n") == [False]      # says, prints nothing
+    assert check("print(hex(id(0)))   # 0x...\n") == [True]
+    assert check("print(2)   # 2: the chunk and big\n") == [True]
+    assert check("print('ValueError: x: 1')   # ValueError: x: 1\n") == [True]
+    assert check("for i in range(3):\n    print(i)\n# 0\n# ...\n") == [True]
+    assert check("for i in range(3):\n    print(i)\n# 0\n# 2\n") == [False]
+    assert check("x = 1   # prose\n# more prose\nprint(x)\n# 1\n") == [True]
+    assert check("if True:\n    print(1)\n    # 1\n    print(2)   # 2\n# 3\nprint(3)\n") == [False, False]
+    assert check("if True:\n    print(1)\n    # 1\n    print(2)   # 2\n") == [True]
+    assert check("print(1)\n# 1\n") == [True]                    # one line, said once
+
+
+if __name__ == "__main__":
+    run_document(Path(sys.argv[1]), Path(sys.argv[2]))
