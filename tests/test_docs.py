@@ -20,7 +20,9 @@ Printed output. Each top-level statement of a block runs on its own, and
 what it writes to stdout is compared with what the text says it prints,
 which is, in the order of the text, one line of output each:
 - the comment at the end of the line where a ``print(...)`` call ends:
-  ``print(len(b))   # 100``;
+  ``print(len(b))   # 100``; and at the end of a top-level expression
+  statement that prints, such as a call of a function that prints:
+  ``show(b)   # 100`` (when it prints nothing, its comment is prose);
 - the comment lines right below that line, at any indentation;
 - the comment lines right below the statement, at the left margin::
 
@@ -139,7 +141,10 @@ def expected_output(node: ast.stmt, src_lines: list[str], notes: dict):
         while comment_only(line):             # print(x)\n    # output
             said.add(line)
             line += 1
-    line = node.end_lineno + 1
+    end = node.end_lineno
+    if isinstance(node, ast.Expr) and end in notes and notes[end][0] > 0:
+        said.add(end)                         # show(x)   # output (prose if it prints nothing)
+    line = end + 1
     while line <= len(src_lines) and src_lines[line - 1].startswith("#"):
         said.add(line)                        # after the statement, at the margin
         line += 1
@@ -279,6 +284,8 @@ def test_the_convention_catches_wrong_output():
     assert check("if True:\n    print(1)\n    # 1\n    print(2)   # 2\n# 3\nprint(3)\n") == [False, False]
     assert check("if True:\n    print(1)\n    # 1\n    print(2)   # 2\n") == [True]
     assert check("print(1)\n# 1\n") == [True]                    # one line, said once
+    assert check("def show(x):\n    print(x)\nshow(3)   # 3\nshow(4)   # 5\n") == [True, True, False]
+    assert check("len('ab')   # prose: prints nothing\n") == []
 
 
 if __name__ == "__main__":
