@@ -288,5 +288,172 @@ def test_the_convention_catches_wrong_output():
     assert check("len('ab')   # prose: prints nothing\n") == []
 
 
+
+# ---------------------------------------------------------------------------
+# docs/design.md: the module map and the table of Go's names are true of
+# the sources.
+
+SRC = ROOT / "src" / "pyarena"
+
+
+def _table(md_text: str, heading: str):
+    """The rows (lists of cells) of the first table under heading."""
+    part = md_text.split(heading, 1)[1]
+    rows = []
+    started = False
+    for line in part.splitlines():
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not set("".join(cells)) <= set("- :"):
+                rows.append(cells)
+        elif started:
+            break
+    return rows[1:]                     # without the header
+
+
+def _names(cell: str) -> set[str]:
+    return set() if cell == "-" else set(re.findall(r"`([^`]+)`", cell))
+
+
+def source_dependencies(mod: str):
+    """(cimports, imports) of module mod, read from its .pyx, .pxd and .py:
+    pyarena modules and pyarena's own C headers; "pyarena" for the
+    package's public face."""
+    own = {p.stem for p in SRC.iterdir() if p.suffix in (".pyx", ".pxd", ".py")}
+    headers = {p.name for p in SRC.glob("*.h")}
+    cims, ims = set(), set()
+    for ext in (".pyx", ".pxd", ".py"):
+        f = SRC / (mod + ext)
+        if not f.exists():
+            continue
+        for line in f.read_text().splitlines():
+            m = re.match(r"\s*from pyarena\.(\w+) (c?import)\b", line)
+            if m:
+                (cims if m.group(2) == "cimport" else ims).add(m.group(1))
+                continue
+            m = re.match(r"\s*from pyarena (c?import) (.*)", line)
+            if m:
+                if m.group(1) == "cimport":
+                    cims.add("pyarena")
+                else:
+                    ims.update(n if n in own else "pyarena"
+                               for n in re.findall(r"\w+", m.group(2)))
+                continue
+            if re.match(r"\s*cimport pyarena\b", line):
+                cims.add("pyarena")
+            if re.match(r"\s*import pyarena\b", line):
+                ims.add("pyarena")
+            cims.update(h for h in re.findall(r'cdef extern from "([\w.]+)"', line) if h in headers)
+    cims.discard(mod)
+    ims.discard(mod)
+    return cims, ims
+
+
+def test_design_module_map_matches_the_sources():
+    text = (ROOT / "docs" / "design.md").read_text()
+    rows = _table(text, "## Module map")
+    table = {}
+    for cells in rows:
+        name = re.match(r"\[`([^`]+)`\]", cells[0]).group(1)
+        table[name] = (_names(cells[3]), _names(cells[4]))
+    modules = {p.stem for p in SRC.iterdir() if p.suffix in (".pyx", ".pxd", ".py")}
+    modules |= {p.name for p in SRC.glob("*.h")}
+    assert set(table) == modules, ("in the map but not the sources", set(table) - modules,
+                                   "in the sources but not the map", modules - set(table))
+    wrong = {}
+    for mod, (cims, ims) in table.items():
+        if mod.endswith(".h"):
+            continue
+        actual = source_dependencies(mod)
+        if (cims, ims) != actual:
+            wrong[mod] = {"map": (sorted(cims), sorted(ims)), "sources": tuple(map(sorted, actual))}
+    assert not wrong, wrong
+    # The drawing: every module on one line, every edge pointing down it
+    # (the tools' line, at the top, is outside the layering).
+    block = text.split("## Module map", 1)[1].split("```", 2)[1]
+    line_of = {}
+    lines = [ln for ln in block.splitlines() if ln.strip() and not set(ln.strip()) <= set("-=")]
+    for i, ln in enumerate(lines):
+        for tok in set(re.findall(r"[\w.]+", ln)) & set(table):
+            assert tok not in line_of, f"{tok} is on two lines of the drawing"
+            line_of[tok] = i
+    assert set(line_of) == set(table), set(table) - set(line_of)
+    upward = []
+    for mod, (cims, ims) in table.items():
+        for dep in cims | ims:
+            dep = "__init__" if dep == "pyarena" else dep
+            if line_of[mod] == 0 and line_of[dep] == 0:
+                continue
+            if not line_of[dep] > line_of[mod]:
+                upward.append((mod, dep))
+    assert not upward, upward
+    # No cycle among the cimports ("pyarena" is the public __init__.pxd).
+    graph = {("__init__" if m == "pyarena" else m): {("__init__" if d == "pyarena" else d)
+                                                   for d in c} for m, (c, _) in table.items()}
+    assert find_cycle(graph) is None, "cimport cycle: " + " -> ".join(find_cycle(graph))
+
+
+def find_cycle(graph: dict):
+    """A cycle of graph (node -> set of nodes) as a list of nodes, or None."""
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == "done":
+            return None
+        if state.get(m) == "open":
+            return path[path.index(m):] + [m]
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())):
+            found = visit(d, path + [m])
+            if found:
+                return found
+        state[m] = "done"
+        return None
+
+    for m in sorted(graph):
+        found = visit(m, [])
+        if found:
+            return found
+    return None
+
+
+def test_find_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"a"}}) == ["a", "a"]
+
+
+GO_NAMES = """physPageSize physHugePageSize physHugePageShift zerobase globalAlloc
+persistentChunks persistentAlloc linearAlloc notInHeap mallocinit sysAlloc
+sysReserveAligned enableMetadataHugePages nextFreeFast nextFree mallocgc
+deductAssistCredit memclrNoHeapPointersChunked newobject reflect_unsafe_New
+reflectlite_unsafe_New newarray reflect_unsafe_NewArray profilealloc nextSample
+fastexprand nextSampleNoFP persistentalloc persistentalloc1 inPersistentAlloc init
+alloc add computeRZlog""".split()
+
+
+def test_design_names_every_go_name_where_it_lives():
+    text = (ROOT / "docs" / "design.md").read_text()
+    rows = _table(text, "## Go's malloc.go, name by name")
+    names = [re.fullmatch(r"`(\w+)`", cells[0]).group(1) for cells in rows]
+    assert names == GO_NAMES
+    missing = []
+    for cells in rows:
+        where = cells[3]
+        files = re.findall(r"\]\(\.\./(src/pyarena/[\w.]+)\)", where)
+        if not files:
+            assert re.fullmatch(r"issue \d+", where), (cells[0], where)
+            continue
+        sources = " ".join((ROOT / f).read_text() for f in files)
+        for ident in _names(where):
+            if re.fullmatch(r"[\w.]+\.(pyx|pxd|py|h)", ident):
+                continue
+            word = ident.split(".")[-1].rstrip("()")
+            if not re.search(rf"\b{re.escape(word)}\b", sources):
+                missing.append((cells[0], word, files))
+    assert not missing, missing
+
+
 if __name__ == "__main__":
     run_document(Path(sys.argv[1]), Path(sys.argv[2]))
