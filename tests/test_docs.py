@@ -455,5 +455,38 @@ def test_design_names_every_go_name_where_it_lives():
     assert not missing, missing
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_links_resolve():
+    """Every relative link of the docs names a file that exists, and every
+    #anchor a heading of the page it points to."""
+    anchors = {}
+    for md in DOCS:
+        in_code = False
+        heads = set()
+        for line in md.read_text().splitlines():
+            if line.startswith("```"):
+                in_code = not in_code
+            elif not in_code and line.startswith("#"):
+                heads.add(_slug(line.lstrip("#")))
+        anchors[md.resolve()] = heads
+    broken = []
+    for md in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", md.read_text()):
+            if re.match(r"\w+:", target):
+                continue                    # https: and the like
+            path, _, anchor = target.partition("#")
+            dest = (md.parent / path).resolve() if path else md.resolve()
+            if not dest.exists():
+                broken.append((md.name, target))
+            elif anchor and anchor not in anchors.get(dest, set()):
+                broken.append((md.name, target))
+    assert not broken, broken
+
+
 if __name__ == "__main__":
     run_document(Path(sys.argv[1]), Path(sys.argv[2]))
