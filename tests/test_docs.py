@@ -42,7 +42,14 @@ Expected text.
 - A line may carry a gloss after ``": "`` that is not output:
   ``# 2: the chunk and big`` expects ``2``. The whole text is tried first,
   then each prefix that ends before a ``": "``.
-- Trailing spaces are ignored.
+- Trailing spaces are ignored; stderr (warnings) is not compared. A
+  statement that raises fails the page, and the rest of it is not run.
+
+The other tests here keep docs/design.md true of the sources: its module
+map (the drawing and the table of every cimport and import, pointing down
+the drawing, without a cycle), its table of Go's malloc.go names (each
+function or type it names is in the file it names), and every relative
+link and #anchor of the docs.
 """
 
 from __future__ import annotations
@@ -57,8 +64,8 @@ import sys
 import tempfile
 import tokenize
 import traceback
-from contextlib import redirect_stdout
 import types
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
