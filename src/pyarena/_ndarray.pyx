@@ -6,9 +6,7 @@ The face (_face.pyx: zeros/empty/full, the *_like functions, new and
 newarray of every allocator) parses its arguments here, once, into an
 arraySpec, allocates the array's bytes, and wraps them. A heap's array is
 wrapped by PyArray_NewFromDescr over that memory, then the array is made
-to own it
-PyArray_NewFromDescr over that memory, then the array is made to own it
-(NPY_ARRAY_OWNDATA) with the heap's NEP 49 handler capsule as its
+to own it (NPY_ARRAY_OWNDATA) with the heap's NEP 49 handler capsule as its
 mem_handler, exactly as if NumPy had allocated it through that handler (an
 arena's array has its chunk as base instead).
 When the array dies NumPy hands the memory back through the handler's
