@@ -2,6 +2,7 @@
 invariant it guards (made through _testing.corrupt), never crashes on it,
 and passes on healthy heaps under every kind of use, threads included."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,10 @@ import numpy as np
 import pytest
 
 import pyarena
+
+# Subprocesses import the pyarena under test, whatever their working directory.
+SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyarena.__file__))
+                      + os.pathsep + os.environ.get("PYTHONPATH", ""))
 from pyarena import HeapCorruptionError, _testing
 
 
@@ -76,7 +81,8 @@ def damaged(setup, what):
         import os
         os._exit(0)
         """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=SUBPROCESS_ENV)
     assert r.returncode == 0, r.stderr
     return set(r.stdout.strip().split(","))
 

@@ -233,3 +233,26 @@ def test_clevel_state_machine(ext):
     runner.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
                                suppress_health_check=list(HealthCheck))
     runner().runTest()
+
+
+def test_heap_head_matches_the_public_header():
+    # pyarena_capi.h finds the table at a fixed offset of the object.
+    off, header = _testing.capi_offset(pyarena.Heap())
+    assert off == header == 24
+
+
+def test_none_is_not_a_heap_for_the_c_level_api(ext):
+    # `def f(Heap h)` accepts None; the C-level calls on it allocate and
+    # free nothing instead of reading a table that is not there.
+    assert ext.c_malloc(None, 64) == 0 and ext.c_calloc(None, 2, 2) == 0
+    assert ext.c_realloc(None, 0, 8) == 0 and ext.c_usable_size(None, 0) == 0
+    ext.c_free(None, 0)
+
+
+def test_kept_table_survives_the_heap_being_unmapped(ext):
+    h = pyarena.Heap()
+    p, n = ext.c_table(h)
+    h.close()                 # nothing alive: the mheap is unmapped now
+    assert h.stats().heap_sys == 0
+    p, n = ext.c_table(h)     # the table is the closed one: no crash
+    assert p == 0 and n == 0

@@ -17,6 +17,7 @@ instead of the run.
 """
 
 import copy
+import os
 import ctypes
 import gc
 import pickle
@@ -28,13 +29,17 @@ import numpy as np
 import pytest
 
 import pyarena
+
+# Subprocesses import the pyarena under test, whatever their working directory.
+SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyarena.__file__))
+                      + os.pathsep + os.environ.get("PYTHONPATH", ""))
 from pyarena import _testing, reflect
 
 
 def run(code):
     """Run code in a fresh interpreter; its stdout. A crash fails."""
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, env=SUBPROCESS_ENV)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
     return r.stdout
 
@@ -557,3 +562,31 @@ def test_like_order_none_is_k(alloc):
         assert r.strides == n.strides and r.shape == n.shape
     r = alloc.full_like(a, 2, order=None)
     assert r.strides == np.full_like(a, 2, order=None).strides
+
+
+def test_a_threads_first_allocation_survives_a_finalizer_closing_the_heap():
+    # A thread's first cache of a heap makes Python objects (its end hook);
+    # a collection they start may run a finalizer that closes the heap. The
+    # allocation must notice, not write into an unmapped heap.
+    out = run("""
+        import gc, threading, pyarena
+        h = pyarena.Heap()
+        ran = []
+        class Closer:
+            def __del__(self):
+                h.close()
+                ran.append(1)
+        def worker():
+            c = Closer(); c.self = c; del c
+            gc.set_threshold(1)
+            try:
+                h.alloc(64)
+                print("allocated")
+            except ValueError as e:
+                print("refused:", e)
+        t = threading.Thread(target=worker); t.start(); t.join()
+        gc.set_threshold(700)
+        print("finalizer ran" if ran else "finalizer did not run")
+        """)
+    assert "finalizer ran" in out
+    assert "refused: allocation from a closed heap" in out or "allocated" in out

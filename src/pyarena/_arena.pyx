@@ -307,8 +307,7 @@ cdef class Arena(Allocator):
         """
         cdef Py_ssize_t n
         if self._freed or self.heap is None:
-            self._freed = True
-            return
+            return          # freed already, or nothing to free yet
         if strict:
             n = self._live()
             if n:

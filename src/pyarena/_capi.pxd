@@ -2,6 +2,6 @@
 from libc.stdint cimport uintptr_t
 from pyarena._types cimport mheap, pyarena_allocator
 
-cdef void initAllocator(mheap* h) noexcept nogil
+cdef void initAllocator(pyarena_allocator* a, mheap* h) noexcept nogil
 cdef const pyarena_allocator* closedAllocator() noexcept nogil
 cdef object newHandlerCapsule(mheap* h)

@@ -7,7 +7,8 @@ Both are tables of C function pointers over one mheap, made here:
 - pyarena_allocator (pyarena_capi.h): malloc, calloc, realloc, free and
   usable_size, which a Heap hands out (Heap._capi, the head of the object,
   so that `heap.malloc(n)` from Cython is one indirect call; see
-  pyarena/__init__.pxd). It lives in the mheap, with ctx = the mheap.
+  pyarena/__init__.pxd). It lives in the Heap object, with ctx = the
+  mheap; when the mheap is unmapped it becomes the closed table.
 - PyDataMem_Handler, in a "mem_handler" capsule: NumPy's malloc, calloc,
   realloc and free(ctx, p, size). The capsule holds a reference to the
   mheap (releaseHeap in its destructor), so an array that owns heap memory
@@ -31,7 +32,9 @@ from pyarena._mspan cimport nextFreeFast
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLargeNogil, liveObject,
                               clearSlot, mallocSmallSlow,
-                              badFree, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED)
+                              badRealloc, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED,
+                              FREE_NOT_IN_HEAP)
+from pyarena._mheap cimport spanOf
 from pyarena._ndarray cimport PyDataMem_Handler
 
 
@@ -104,10 +107,11 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
     if p == NULL or <uintptr_t>p == ZEROBASE:
         return <void*>heapMalloc(h, size, False)
     if liveObject(h, <uintptr_t>p, &start, &slot) == NULL:
-        badFree(h, <uintptr_t>p, FREE_NOT_ALLOCATED)
+        badRealloc(h, <uintptr_t>p,
+                   FREE_NOT_IN_HEAP if spanOf(h, <uintptr_t>p) == NULL else FREE_NOT_ALLOCATED)
         return NULL
     if start != <uintptr_t>p:
-        badFree(h, <uintptr_t>p, FREE_NOT_OBJECT_START)
+        badRealloc(h, <uintptr_t>p, FREE_NOT_OBJECT_START)
         return NULL
     old = slot
     if size <= old and size > old // 2:
@@ -151,14 +155,14 @@ cdef size_t capiUsableSize(void* ctx, void* p) noexcept nogil:
     return usableSize(<mheap*>ctx, <uintptr_t>p)
 
 
-cdef void initAllocator(mheap* h) noexcept nogil:
-    """Fill h.capi, the heap's C-level function table."""
-    h.capi.ctx = h
-    h.capi.malloc = capiMalloc
-    h.capi.calloc = capiCalloc
-    h.capi.realloc = capiRealloc
-    h.capi.free = capiFree
-    h.capi.usable_size = capiUsableSize
+cdef void initAllocator(pyarena_allocator* a, mheap* h) noexcept nogil:
+    """Fill a, the C-level function table of heap h."""
+    a.ctx = h
+    a.malloc = capiMalloc
+    a.calloc = capiCalloc
+    a.realloc = capiRealloc
+    a.free = capiFree
+    a.usable_size = capiUsableSize
 
 
 # A Heap whose mheap has been unmapped (closed with nothing alive) points

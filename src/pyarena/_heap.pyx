@@ -72,9 +72,9 @@ cdef class Heap(Allocator):
         if h == NULL:
             raise MemoryError("cannot map memory for a new heap")
         registerHeap(h)
-        initAllocator(h)
+        initAllocator(&self._table, h)
         self.h = h
-        self._capi = &h.capi
+        self._capi = &self._table
         self._closed = False
         self._final = None
         self._capsule = newHandlerCapsule(h)
@@ -97,7 +97,9 @@ cdef class Heap(Allocator):
             return
         dropUserArenaChunks(h)
         self.h = NULL
-        self._capi = closedAllocator()
+        # A table kept by C code stays valid while this object lives: it
+        # turns into the closed one (nothing to allocate, nothing to free).
+        self._table = closedAllocator()[0]
         self._capsule = None
         releaseHeap(h)
 
@@ -109,6 +111,7 @@ cdef class Heap(Allocator):
         object is cleared here, with the GIL released in chunks; an
         interrupted clear frees it and raises."""
         cdef mheap* h = self.h
+        cdef mcache* c
         cdef mspan* large
         cdef uintptr_t p
         cdef int cls
@@ -123,7 +126,13 @@ cdef class Heap(Allocator):
             pl.slot = 0
             pl.sizeclass = 0
             return self
-        p = mallocgc(getmcacheGIL(h), nbytes, align, zero, &cls, &large)
+        c = getmcacheGIL(h)
+        if self.h != h or self._closed:
+            # A thread's first cache makes Python objects (its end hook),
+            # which may run a collection, whose finalizers may close this
+            # heap: look again before using it.
+            raise ValueError("allocation from a closed heap")
+        p = mallocgc(c, nbytes, align, zero, &cls, &large)
         if p == 0:
             return None
         if large != NULL:

@@ -25,6 +25,7 @@ cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint nee
 cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil
 cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil
 cdef void badFree(mheap* h, uintptr_t p, int why) noexcept nogil
+cdef void badRealloc(mheap* h, uintptr_t p, int why) noexcept nogil
 
 # freeObject results
 cdef enum:

@@ -240,14 +240,23 @@ cdef void badFree(mheap* h, uintptr_t p, int why) noexcept nogil:
     """A free of a pointer h does not hold live: count it and warn
     (RuntimeWarning) rather than corrupt anything (MemStats.invalid_frees).
     Any thread; the GIL is taken for the warning."""
+    reportBad(h, p, why, False)
+
+
+cdef void badRealloc(mheap* h, uintptr_t p, int why) noexcept nogil:
+    """badFree for realloc, which refuses the pointer (and returns NULL)."""
+    reportBad(h, p, why, True)
+
+
+cdef void reportBad(mheap* h, uintptr_t p, int why, bint realloc) noexcept nogil:
     pa_add64(&h.invalidFrees, 1)
     with gil:
         what = {FREE_NOT_IN_HEAP: "not in this heap",
                 FREE_NOT_OBJECT_START: "not the start of an allocation",
                 FREE_NOT_ALLOCATED: "not allocated (freed twice?)"}.get(why, "invalid")
+        verb = f"realloc of {p:#x} refused" if realloc else f"free of {p:#x} ignored"
         try:
-            warnings.warn(f"pyarena: free of {p:#x} ignored: {what}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"pyarena: {verb}: {what}", RuntimeWarning, stacklevel=2)
         except BaseException:
             pass
 

@@ -55,14 +55,23 @@ the memory it concerns (for a count, the count found and the count
 expected)."""
 
 
+# Kinds whose address and size are counts (found, expected), not memory.
+_COUNT_KINDS = {"objects", "pages-inuse", "pages-mapped", "pages-released", "pages-spare"}
+
+
+def _describe(p):
+    if p.kind in _COUNT_KINDS:
+        return f"{p.kind}: counted {p.address}, recorded {p.size}"
+    return f"{p.kind} at {p.address:#x} ({p.size} bytes)"
+
+
 class HeapCorruptionError(RuntimeError):
     """``Heap.check()`` found the heap damaged. ``problems`` lists each
     finding as a ``HeapProblem`` (kind, address, size)."""
 
     def __init__(self, problems):
         self.problems = list(problems)
-        shown = "; ".join(f"{p.kind} at {p.address:#x} ({p.size} bytes)"
-                          for p in self.problems[:5])
+        shown = "; ".join(_describe(p) for p in self.problems[:5])
         more = f" and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
         super().__init__(f"pyarena heap corrupted: {len(self.problems)} "
                          f"problem{'s' if len(self.problems) != 1 else ''}: {shown}{more}")

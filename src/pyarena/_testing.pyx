@@ -6,6 +6,7 @@ and the invariants of each layer instead of guessing from outside.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t
+from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
 from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanDead, mSpanInUse,
                              mSpanFree, inNoList, inPartial, inFull, inFreePages, inSpare,
@@ -338,3 +339,19 @@ def clear_interruptions():
     cdef size_t done, total, count
     clearInterruptions(&done, &total, &count)
     return count, done, total
+
+
+cdef extern from "pyarena_capi.h":
+    """
+    static inline size_t pyarena_header_capi_offset(void) {
+        return offsetof(pyarena_HeapObject, allocator);
+    }
+    """
+    size_t headerCapiOffset "pyarena_header_capi_offset"()
+
+
+def capi_offset(Heap heap not None):
+    """(offset of Allocator._capi in a Heap object, offset of the allocator
+    pointer in pyarena_capi.h's pyarena_HeapObject): equal, or code built
+    against the header would read the wrong word."""
+    return (<size_t>(<char*>&heap._capi - <char*><PyObject*>heap), headerCapiOffset())

@@ -291,8 +291,6 @@ cdef struct mheap:
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
     uint8_t closed                      # Heap.close(): no more allocation
-    # The C-level API's function table for this heap (pyarena_capi.h).
-    pyarena_allocator capi
     # getmcache's lookup, by a hash of the thread pointer. A slot holds the
     # cache of the last thread that missed there; a reader checks
     # owner == its own thread pointer. Written only by the cache's own
