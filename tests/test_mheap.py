@@ -284,20 +284,29 @@ def test_small_span_returns_its_pages_when_all_slots_die(heap):
     check_heap(heap)
 
 
-def test_a_second_empty_span_goes_back_to_the_page_heap(heap):
-    # With the spare slot taken, an emptied span returns its pages at once.
+SPARE_BYTES = 256 * KiB
+
+
+def test_emptied_spans_past_the_spare_budget_go_back_to_the_page_heap(heap):
+    # A class keeps emptied spans as spares up to 256 KiB; the ones that
+    # empty after that return their pages at once.
+    nspans = SPARE_BYTES // PAGE_SIZE + 8          # 1 KiB slots: 8 to a page
     spans = []
-    for _ in range(3):
+    for _ in range(nspans):
         bs = [heap.alloc(1024) for _ in range(8)]
         spans.append((span_of(heap, bs[0].address)["start"], bs))
-    heap.alloc(1024)                     # the cache moves on from the third
+    heap.alloc(1024)                     # the cache moves on from the last
     before = heap.stats().heap_inuse
-    for start, bs in spans[:2]:
+    for start, bs in spans:
         bs.clear()
-    kinds = sorted((span_of(heap, st) or {}).get("list") or "released" for st, _ in spans[:2])
-    assert kinds == ["released", "spare"]
-    assert heap.stats().heap_inuse == before - 2 * PAGE_SIZE
+    kinds = [(span_of(heap, st) or {}).get("list") or "released" for st, _ in spans]
+    assert kinds.count("spare") == SPARE_BYTES // PAGE_SIZE
+    assert kinds.count("released") == nspans - SPARE_BYTES // PAGE_SIZE
+    # Spares are idle memory too: every emptied span left heap_inuse.
+    assert heap.stats().heap_inuse == before - nspans * PAGE_SIZE
     check_heap(heap)
+    heap.release()
+    assert all((span_of(heap, st) or {}).get("list") is None for st, _ in spans)
 
 
 # ---------------------------------------------------------------------------

@@ -82,20 +82,22 @@ def test_arrays_outlive_the_block_the_close_and_the_heap():
     del b
 
 
-def test_install_and_uninstall_nest_and_restore():
+@pytest.mark.parametrize("scope", ["process", "context"])
+def test_install_and_uninstall_nest_and_restore(scope):
     h1, h2 = pyarena.Heap(), pyarena.Heap()
-    pyarena.install_numpy_allocator(h1)
+    pyarena.install_numpy_allocator(h1, scope=scope)
     try:
         x = np.ones(100)
-        pyarena.install_numpy_allocator(h2)
+        pyarena.install_numpy_allocator(h2, scope=scope)
         y = np.ones(100)
-        pyarena.uninstall_numpy_allocator()
+        pyarena.uninstall_numpy_allocator(scope=scope)
         z = np.ones(100)
     finally:
-        pyarena.uninstall_numpy_allocator()
+        pyarena.uninstall_numpy_allocator(scope=scope)
     assert h1.owns(x) and h2.owns(y) and h1.owns(z)
+    assert not h1.owns(np.ones(100)) and not h2.owns(np.ones(100))
     assert current_handler_name() == "default_allocator"
-    pyarena.uninstall_numpy_allocator()          # nothing installed: no-op
+    pyarena.uninstall_numpy_allocator(scope=scope)    # nothing installed: no-op
     assert current_handler_name() == "default_allocator"
 
 
@@ -154,3 +156,112 @@ def test_threads_allocating_under_the_handler():
     gc.collect()
     assert h.stats().heap_objects == 0
     _testing.check_heap(h)
+
+
+
+# ---------------------------------------------------------------------------
+# The process-wide install: every thread, and frees to whoever allocated.
+
+@pytest.fixture
+def process_heap():
+    """A heap installed process-wide for one test, uninstalled after it."""
+    h = pyarena.Heap()
+    pyarena.install_numpy_allocator(h)
+    try:
+        yield h
+    finally:
+        pyarena.uninstall_numpy_allocator()
+
+
+def test_process_install_covers_thread_pools(process_heap):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as ex:
+        arrs = list(ex.map(lambda n: np.arange(n, dtype=np.float64) * 2, range(1, 400, 7)))
+    assert all(process_heap.owns(a) for a in arrs)
+    assert all((a == np.arange(len(a)) * 2).all() for a in arrs)
+    assert get_handler_name(arrs[0]) == "pyarena"
+    live = process_heap.stats().heap_objects
+    del arrs
+    assert process_heap.stats().heap_objects < live
+
+
+def test_process_install_covers_threads_started_before_it():
+    started, go, out = threading.Event(), threading.Event(), {}
+
+    def early():
+        started.set()
+        go.wait()
+        out["a"] = np.ones(5000)
+        out["b"] = out["a"] + 1
+
+    t = threading.Thread(target=early)
+    t.start()
+    started.wait()
+    h = pyarena.Heap()
+    pyarena.install_numpy_allocator(h)
+    try:
+        go.set()
+        t.join()
+        assert h.owns(out["a"]) and h.owns(out["b"]) and out["b"].sum() == 10000
+    finally:
+        pyarena.uninstall_numpy_allocator()
+
+
+def test_arrays_made_before_the_install_are_freed_by_numpy():
+    before = [np.ones(n) for n in (1, 10, 1000, 100_000, 2_000_000)]
+    h = pyarena.Heap()
+    pyarena.install_numpy_allocator(h)
+    try:
+        assert not any(h.owns(a) for a in before)
+        during = [np.ones(n) for n in (1, 10, 1000, 100_000, 2_000_000)]
+        assert all(h.owns(a) for a in during)
+        before[0].resize(50, refcheck=False)     # NumPy's realloc of NumPy's memory
+        during[0].resize(50, refcheck=False)     # and of pyarena's
+        assert h.owns(during[0]) and not h.owns(before[0])
+        objects = h.stats().heap_objects
+        del before                               # freed by NumPy's own free
+        assert h.stats().heap_objects == objects and h.stats().invalid_frees == 0
+    finally:
+        pyarena.uninstall_numpy_allocator()
+    # After the uninstall NumPy allocates for itself, and the heap's arrays
+    # still go back to the heap, realloc included.
+    after = np.ones(1000)
+    assert not h.owns(after)
+    during[1].resize(5000, refcheck=False)
+    assert h.owns(during[1])
+    del during
+    assert h.stats().heap_objects == 0 and h.stats().invalid_frees == 0
+    assert h.check() == 0
+
+
+def test_a_closed_process_heap_hands_allocation_back_to_numpy():
+    h = pyarena.Heap()
+    pyarena.install_numpy_allocator(h)
+    try:
+        a = np.ones(1000)
+        h.close()
+        b = np.ones(1000)            # NumPy's own memory, not a MemoryError
+        assert h.owns(a) and not h.owns(b)
+        a.resize(100_000, refcheck=False)    # moved out of the closed heap
+        assert not h.owns(a) and a[:1000].sum() == 1000
+        del a, b
+        assert h.stats().heap_objects == 0
+    finally:
+        pyarena.uninstall_numpy_allocator()
+
+
+def test_a_block_beats_the_process_install_in_its_context(process_heap):
+    other = pyarena.Heap()
+    with pyarena.numpy_allocator(other):
+        a = np.ones(100)
+    assert other.owns(a) and not process_heap.owns(a)
+    assert process_heap.owns(np.ones(100))
+
+
+def test_bad_scope_is_a_value_error():
+    with pytest.raises(ValueError):
+        pyarena.install_numpy_allocator(scope="everywhere")
+    with pytest.raises(ValueError):
+        pyarena.uninstall_numpy_allocator(scope="everywhere")
+    with pytest.raises(TypeError):
+        pyarena.install_numpy_allocator(object())

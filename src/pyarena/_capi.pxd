@@ -5,3 +5,5 @@ from pyarena._types cimport mheap, pyarena_allocator
 cdef void initAllocator(pyarena_allocator* a, mheap* h) noexcept nogil
 cdef const pyarena_allocator* closedAllocator() noexcept nogil
 cdef object newHandlerCapsule(mheap* h)
+cdef int installProcessHeap(mheap* h) except -1
+cdef int setProcessHeap(mheap* h) except -1

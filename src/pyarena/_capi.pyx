@@ -253,3 +253,141 @@ cdef object newHandlerCapsule(mheap* h):
         raise
     h.refs += 1
     return cap
+
+
+# ---------------------------------------------------------------------------
+# Every thread: NumPy's default handler, edited in place.
+#
+# NumPy keeps the current handler in a context variable, so a handler made
+# current covers the calling thread's context only; threads started before
+# or after keep NumPy's default. For a process-wide install pyarena edits
+# the default handler itself (its PyDataMem_Handler is writable memory of
+# NumPy's module): its malloc and calloc then take from the installed heap,
+# and its realloc and free route each pointer to the allocator that made
+# it, the heap whose arenas hold it or NumPy's own functions, so arrays made
+# before the install, and by NumPy while it is uninstalled, are freed where
+# they came from. Uninstalling restores malloc and calloc only: pointers of
+# the heap may still be alive and must keep finding their way back.
+#
+# Every heap ever installed this way keeps one reference for the rest of
+# the process (an array of the default handler holds no capsule of ours).
+# The functions are written one pointer at a time while other threads may
+# call them; any mix of old and new is safe, because free and realloc decide
+# by the pointer, not by which malloc made it.
+
+from cpython.object cimport PyObject
+
+cdef extern from "numpy/arrayobject.h":
+    PyObject* PyDataMem_DefaultHandler
+    int _import_array() except -1
+
+from pyarena._mheap cimport arenaOf
+from pyarena._types cimport pa_loadptr, pa_storeptr
+
+cdef enum:
+    PROCESS_HEAPS_MAX = 64
+
+cdef PyDataMem_Handler* _numpyDefault = NULL
+cdef PyDataMem_Handler _numpyOriginal          # NumPy's functions and name
+cdef mheap* _processHeap = NULL                  # where malloc takes from now
+cdef mheap* _processHeaps[PROCESS_HEAPS_MAX]     # every heap installed so far
+cdef int _nProcessHeaps = 0
+
+
+cdef inline mheap* processOwner(uintptr_t p) noexcept nogil:
+    """The installed heap whose arenas hold p, or NULL (NumPy's)."""
+    cdef int i
+    for i in range(_nProcessHeaps):
+        if arenaOf(_processHeaps[i], p) != NULL:
+            return _processHeaps[i]
+    return NULL
+
+
+cdef void* processMalloc(void* ctx, size_t size) noexcept nogil:
+    cdef mheap* h = <mheap*>pa_loadptr(<void**>&_processHeap)
+    if h == NULL or h.closed:
+        return _numpyOriginal.allocator.malloc(_numpyOriginal.allocator.ctx, size)
+    return <void*>heapMalloc(h, size if size else 1, False)
+
+
+cdef void* processCalloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
+    cdef mheap* h = <mheap*>pa_loadptr(<void**>&_processHeap)
+    if h == NULL or h.closed:
+        return _numpyOriginal.allocator.calloc(_numpyOriginal.allocator.ctx, nelem, elsize)
+    if elsize and nelem > (<size_t>-1) // elsize:
+        return NULL
+    return <void*>heapMalloc(h, nelem * elsize if nelem * elsize else 1, True)
+
+
+cdef void* processRealloc(void* ctx, void* p, size_t size) noexcept nogil:
+    cdef mheap* owner
+    cdef void* q
+    cdef size_t old
+    if p == NULL:
+        return processMalloc(ctx, size)
+    owner = processOwner(<uintptr_t>p)
+    if owner == NULL:
+        return _numpyOriginal.allocator.realloc(_numpyOriginal.allocator.ctx, p, size)
+    if not owner.closed:
+        return heapRealloc(owner, p, size if size else 1)
+    # Its heap takes nothing any more: the memory moves to NumPy's.
+    old = usableSize(owner, <uintptr_t>p)
+    q = _numpyOriginal.allocator.malloc(_numpyOriginal.allocator.ctx, size if size else 1)
+    if q == NULL:
+        return NULL
+    memcpy(q, p, old if old < size else size)
+    heapFree(owner, p)
+    return q
+
+
+cdef void processFree(void* ctx, void* p, size_t size) noexcept nogil:
+    cdef mheap* owner
+    if p == NULL:
+        return
+    owner = processOwner(<uintptr_t>p)
+    if owner != NULL:
+        heapFree(owner, p)
+    else:
+        _numpyOriginal.allocator.free(_numpyOriginal.allocator.ctx, p, size)
+
+
+cdef int installProcessHeap(mheap* h) except -1:
+    """Make NumPy's default handler allocate from h, in every thread (GIL
+    held). h is kept mapped for the rest of the process."""
+    global _numpyDefault, _numpyOriginal, _nProcessHeaps
+    cdef int i
+    cdef bint known = False
+    if _numpyDefault == NULL:
+        _import_array()
+        _numpyDefault = <PyDataMem_Handler*>PyCapsule_GetPointer(
+            <object>PyDataMem_DefaultHandler, b"mem_handler")
+        _numpyOriginal = _numpyDefault[0]
+    for i in range(_nProcessHeaps):
+        known = known or _processHeaps[i] == h
+    if not known:
+        if _nProcessHeaps == PROCESS_HEAPS_MAX:
+            raise ValueError(f"at most {PROCESS_HEAPS_MAX} heaps can be installed "
+                             "process-wide in one process")
+        h.refs += 1
+        _processHeaps[_nProcessHeaps] = h
+        _nProcessHeaps += 1
+    pa_storeptr(<void**>&_processHeap, h)
+    # Route first (free, realloc), then allocate from the heap.
+    _numpyDefault.allocator.free = processFree
+    _numpyDefault.allocator.realloc = processRealloc
+    _numpyDefault.allocator.calloc = processCalloc
+    _numpyDefault.allocator.malloc = processMalloc
+    strncpy(_numpyDefault.name, b"pyarena", 127)
+    return 0
+
+
+cdef int setProcessHeap(mheap* h) except -1:
+    """Point the process-wide install at h (one installed before), or undo
+    it for NULL: NumPy's own malloc and calloc again; free and realloc keep
+    routing."""
+    pa_storeptr(<void**>&_processHeap, h)
+    if _numpyDefault != NULL and h == NULL:
+        _numpyDefault.allocator.malloc = _numpyOriginal.allocator.malloc
+        _numpyDefault.allocator.calloc = _numpyOriginal.allocator.calloc
+        memcpy(_numpyDefault.name, _numpyOriginal.name, sizeof(_numpyOriginal.name))
+    return 0

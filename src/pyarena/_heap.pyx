@@ -29,7 +29,8 @@ from pyarena._mcentral cimport releaseSpares
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, liveObject,
                               dropUserArenaChunks)
 from pyarena._face cimport Allocator, Block, placement
-from pyarena._capi cimport initAllocator, closedAllocator, newHandlerCapsule
+from pyarena._capi cimport (initAllocator, closedAllocator, newHandlerCapsule,
+                            installProcessHeap, setProcessHeap)
 from pyarena._mcheck cimport checkHeap
 from pyarena._ndarray cimport (checkDeviceLike, arrayHandler, emptyBase, descrCache,
                                theDescrCache, wrapOwned, npy_intp, PyLong_CheckExact)
@@ -673,3 +674,21 @@ cdef dict _heapDict = <dict>(<PyTypeObject*>Heap).tp_dict
 _heapDict["zeros"] = PyDescr_NewMethod(<PyTypeObject*>Heap, &_zerosMethodDef)
 _heapDict["empty"] = PyDescr_NewMethod(<PyTypeObject*>Heap, &_emptyMethodDef)
 PyType_Modified(<PyTypeObject*>Heap)
+
+
+# ---------------------------------------------------------------------------
+# The process-wide install (see _capi: NumPy's default handler, edited).
+
+def _install_process(Heap heap not None):
+    """NumPy's default handler allocates from heap in every thread; heap
+    stays mapped for the rest of the process. Called by
+    install_numpy_allocator(scope="process")."""
+    if heap.h == NULL or heap._closed:
+        raise ValueError("the heap is closed")
+    installProcessHeap(heap.h)
+
+
+def _set_process(heap):
+    """Point the process-wide install at an installed heap again, or undo
+    it (None)."""
+    setProcessHeap(NULL if heap is None else (<Heap?>heap).h)

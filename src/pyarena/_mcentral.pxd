@@ -1,4 +1,5 @@
 # Central span lists, one per size class (Go: mcentral.go). See _mcentral.pyx.
+from libc.stdint cimport int32_t
 from pyarena._types cimport mheap, mspan, pa_or64, pa_add32, pa_load8
 
 cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil
@@ -26,9 +27,16 @@ cdef inline bint freeSlot(mheap* h, mspan* s, unsigned int idx) noexcept nogil:
     # emptier than it is.
     if s.localFreeBits[idx >> 6] & bit:
         return False
+    cdef int32_t n
     if pa_or64(&s.freeBits[idx >> 6], bit) & bit:
         return False
-    pa_add32(&s.nfreed, 1)
-    if not pa_load8(&s.incache):
+    n = pa_add32(&s.nfreed, 1)
+    # Only two frees into an uncached span change which list it belongs on:
+    # the first since its sweep (it may sit on full) and the one that
+    # leaves nothing live (it goes back to the page heap). The others need
+    # no lock. allocCount of an uncached span changes only in a sweep under
+    # the class's lock, and a span a sweep is taking is being cached, which
+    # needs nothing from us; freedUncached checks again under the lock.
+    if not pa_load8(&s.incache) and (n == 1 or n >= <int32_t>s.allocCount):
         freedUncached(h, s, sizeclass)
     return True

@@ -13,16 +13,19 @@ cache holds they move it from full to partial on its first freed slot, and
 give its pages back to the page heap when its last live slot dies, so that
 a class whose objects all died does not keep memory that other sizes could
 use. Go gets the same effect from sweeping every span once per GC cycle.
-One emptied span per class is kept as the class's spare instead: for the
+Emptied spans are kept as the class's spares instead, up to SPARE_BYTES
+(256 KiB) a class: code that makes and drops many arrays at a time would
+otherwise send every span through the page heap and back, and for the
 classes whose spans hold one or two objects (8 KiB and up) every other
-allocation would otherwise be a trip through the page heap. Spares count as
-idle memory and go back on Heap.release() and close().
+allocation would be such a trip. Spares count as idle memory and go back
+on Heap.release() and close().
 
 Every function here takes the class's lock (see "Locking" in _types.pxd).
 """
 
 from libc.stdint cimport int32_t
 from pyarena._types cimport (mheap, mspan, mcentral, inNoList, inPartial, inFull, inSpare,
+                             PAGE_SHIFT, SPARE_BYTES,
                              mSpanInUse, NUM_SIZE_CLASSES,
                              pyarena_class_to_allocnpages, pa_lock, pa_unlock, pa_load32,
                              pa_load8, pa_store8, pa_add64)
@@ -49,10 +52,10 @@ cdef mspan* cacheSpan(mheap* h, int sizeclass) noexcept nogil:
         # Its frees were still in flight (bit set, count not yet landed):
         # the span is full for now; the count's arrival moves it back.
         spanListPush(&c.full, s, inFull)
-    if s == NULL and c.spare != NULL:
-        s = c.spare
-        c.spare = NULL
-        s.list = inNoList
+    if s == NULL and c.spares.first != NULL:
+        s = c.spares.first
+        spanListRemove(&c.spares, s)
+        c.sparePages -= s.npages
         pa_add64(&h.pagesSpare, -s.npages)
     if s == NULL:
         s = allocSpan(h, pyarena_class_to_allocnpages[sizeclass], sizeclass)
@@ -69,10 +72,10 @@ cdef inline void releaseEmpty(mheap* h, mcentral* c, mspan* s) noexcept nogil:
     # Under c.lock; freeSpan takes the heap lock (central -> heap). Every
     # free into s has landed (its bit is set before it is counted), so a
     # sweep leaves it with nothing allocated.
-    if c.spare == NULL:
+    if c.spares.first == NULL or (c.sparePages + s.npages) << PAGE_SHIFT <= SPARE_BYTES:
         sweep(s)
-        s.list = inSpare
-        c.spare = s
+        spanListPush(&c.spares, s, inSpare)
+        c.sparePages += s.npages
         pa_add64(&h.pagesSpare, s.npages)
         return
     c.nspans -= 1
@@ -88,13 +91,14 @@ cdef void releaseSpares(mheap* h) noexcept nogil:
     for i in range(1, NUM_SIZE_CLASSES):
         c = &h.central[i]
         pa_lock(&c.lock)
-        s = c.spare
-        if s != NULL:
-            c.spare = NULL
-            s.list = inNoList
+        s = c.spares.first
+        while s != NULL:
+            spanListRemove(&c.spares, s)
             pa_add64(&h.pagesSpare, -s.npages)
             c.nspans -= 1
             freeSpan(h, s)
+            s = c.spares.first
+        c.sparePages = 0
         pa_unlock(&c.lock)
 
 

@@ -14,7 +14,7 @@ What is checked, with the module whose invariant it is:
            slot is allocated; nfreed matches freeBits; allocCache is the
            complement of allocBits from freeindex on.
   _mcentral a span no cache holds is on the list its counts say, and a
-           span with nothing live is not kept (except the class's spare).
+           span with nothing live is not kept (except the class's spares).
   _mcache  the spare pages (central spares, large spares) add up.
   counts   live objects found (tiny values by their block's count) equal
            mallocs - frees.
@@ -254,8 +254,7 @@ cdef void checkSmallSpan(checker* k, mspan* s) noexcept nogil:
     k.objects += live
     if s.list == inSpare:
         k.sparePages += s.npages
-        if s.allocCount != 0 or pa_load8(&s.incache) or \
-                k.h.central[s.sizeclass].spare != s:
+        if s.allocCount != 0 or pa_load8(&s.incache):
             report(k, P_SPAN_LIST, s.startAddr, s.npages << PAGE_SHIFT)
         return
     if not pa_load8(&s.incache):

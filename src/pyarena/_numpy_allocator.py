@@ -1,8 +1,10 @@
 """pyarena as NumPy's data allocator (NEP 49).
 
 NumPy allocates array data through a handler kept in a context variable.
-``numpy_allocator()`` makes a heap's handler current for a ``with`` block;
-``install_numpy_allocator()`` does so until ``uninstall_numpy_allocator()``.
+``numpy_allocator()`` makes a heap's handler current for a ``with`` block
+(the calling thread's context); ``install_numpy_allocator()`` makes NumPy
+allocate from the heap in every thread until ``uninstall_numpy_allocator()``
+(or in one context, with ``scope="context"``).
 Every array NumPy makes meanwhile (``np.ones``, results of arithmetic,
 copies) takes its data from the heap, and gives it back there when it
 dies, whenever that is: the handler and the heap outlive every array made
@@ -18,7 +20,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from pyarena._heap import Heap, default_heap
+from pyarena._heap import Heap, default_heap, _install_process, _set_process
 from pyarena._ndarray import get_data_handler, set_data_handler
 
 __all__ = ["numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator"]
@@ -70,24 +72,76 @@ def numpy_allocator(heap: Heap | None = None) -> Iterator[Heap]:
         set_data_handler(previous)
 
 
-def install_numpy_allocator(heap: Heap | None = None) -> Heap:
-    """Make ``heap``'s handler NumPy's current one until
-    ``uninstall_numpy_allocator()``; in the calling thread's context (see
-    ``numpy_allocator``). Returns the heap."""
+# Heaps installed process-wide, innermost last (one list for the process,
+# as the install is).
+_process: list = []
+
+
+def install_numpy_allocator(heap: Heap | None = None, *, scope: str = "process") -> Heap:
+    """Make NumPy allocate array data from ``heap`` until
+    ``uninstall_numpy_allocator()``.
+
+    Parameters
+    ----------
+    heap : Heap, optional
+        The heap to allocate from; the default heap if omitted.
+    scope : {"process", "context"}, optional
+        ``"process"`` (the default): every thread, started before the
+        install or after, thread pools and C threads included, as an
+        allocator preloaded with ``LD_PRELOAD`` would be; arrays made
+        before the install are freed by the allocator that made them.
+        pyarena edits NumPy's default handler for this, so
+        ``get_handler_name()`` says ``"pyarena"`` for every array of the
+        default handler; the heap stays mapped for the rest of the process.
+        ``"context"``: the calling thread's context only, like the
+        ``numpy_allocator`` block; other threads keep their handler.
+
+    Returns
+    -------
+    Heap
+        The heap in use.
+
+    Notes
+    -----
+    A ``numpy_allocator`` block, or a context install, takes precedence
+    over the process-wide install inside its context, as any handler made
+    current does.
+    """
     heap = heap if heap is not None else default_heap()
-    _saved.set(_saved.get() + (set_data_handler(heap.numpy_handler()),))
+    if not isinstance(heap, Heap):
+        raise TypeError(f"heap must be a pyarena.Heap, not {type(heap).__name__}")
+    if scope == "process":
+        _install_process(heap)
+        _process.append(heap)
+    elif scope == "context":
+        _saved.set(_saved.get() + (set_data_handler(heap.numpy_handler()),))
+    else:
+        raise ValueError(f"scope must be 'process' or 'context', not {scope!r}")
     return heap
 
 
-def uninstall_numpy_allocator() -> None:
-    """Undo the last ``install_numpy_allocator()`` of this thread (context);
-    nothing when none is in force. Pair it with its install inside any
+def uninstall_numpy_allocator(*, scope: str = "process") -> None:
+    """Undo the last ``install_numpy_allocator()`` of this scope; nothing
+    when none is in force.
+
+    ``"process"``: the heap installed before it (or NumPy's own allocator)
+    makes new arrays again; arrays of the heap stay valid and are freed to
+    it. ``"context"``: the handler current before the last context install
+    of this context is current again (pair it with its install inside any
     ``numpy_allocator`` block, whose exit restores what was current when it
-    began."""
-    saved = _saved.get()
-    if saved:
-        _saved.set(saved[:-1])
-        set_data_handler(saved[-1])
+    began).
+    """
+    if scope == "process":
+        if _process:
+            _process.pop()
+            _set_process(_process[-1] if _process else None)
+    elif scope == "context":
+        saved = _saved.get()
+        if saved:
+            _saved.set(saved[:-1])
+            set_data_handler(saved[-1])
+    else:
+        raise ValueError(f"scope must be 'process' or 'context', not {scope!r}")
 
 
 def current_handler_name() -> str:

@@ -174,7 +174,7 @@ def check_heap(Heap heap):
         d = spanDict(s)
         check_span(d)
         if s.list == inSpare:
-            assert h.central[s.sizeclass].spare == s and s.allocCount == 0 \
+            assert s.allocCount == 0 \
                 and s.nfreed == 0 and not s.incache, "a spare span is not empty"
             continue
         assert s.allocCount > s.nfreed + s.nfreedLocal or s.incache, "an empty span is kept"

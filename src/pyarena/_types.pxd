@@ -114,6 +114,9 @@ cdef enum:
     # mheap.tcache: slots of the thread -> mcache lookup (a power of two;
     # more threads than this still work, through getmcacheSlow).
     TCACHE_SLOTS = 64
+    # Bytes of emptied spans a size class keeps for reuse (mcentral.spares);
+    # at least one span is kept whatever its size.
+    SPARE_BYTES = 256 << 10
     # Arena chunks a heap keeps for reuse after their arena is done.
     CHUNK_POOL_MAX = 4
 
@@ -138,7 +141,7 @@ cdef enum spanList:
     inPartial = 1
     inFull = 2
     inFreePages = 3
-    inSpare = 4       # mcentral.spare: empty, swept, kept for reuse
+    inSpare = 4       # mcentral.spares: empty, swept, kept for reuse
 
 
 cdef struct mheap
@@ -244,10 +247,13 @@ cdef struct mcentral:
     uint8_t sizeclass
     mSpanList partial         # spans with a free slot (swept or not)
     mSpanList full            # spans without
-    mspan* spare              # one empty span kept instead of freed, so a
-                              # class whose spans hold one or two objects
-                              # (8 KiB and up) does not go through the page
-                              # heap on every allocation
+    # Emptied spans kept instead of freed, up to SPARE_BYTES a class: code
+    # that makes and drops a thousand arrays at a time would otherwise take
+    # every span through the page heap and back (freeSpan, allocSpan,
+    # initSpan), and a class whose spans hold one or two objects (8 KiB and
+    # up) would do so on every allocation.
+    mSpanList spares
+    uintptr_t sparePages
     uint64_t nspans
 
 
