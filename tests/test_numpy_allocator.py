@@ -265,3 +265,36 @@ def test_bad_scope_is_a_value_error():
         pyarena.uninstall_numpy_allocator(scope="everywhere")
     with pytest.raises(TypeError):
         pyarena.install_numpy_allocator(object())
+
+
+def test_tune_malloc_keeps_big_blocks_on_the_heap():
+    # In a fresh process (mallopt is process-wide): before, an 8 MiB
+    # malloc is a mapping of its own; after, it comes from the heap.
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import ctypes, pyarena
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        def heap_range():
+            for line in open("/proc/self/maps"):
+                if line.rstrip().endswith("[heap]"):
+                    a, b = (int(x, 16) for x in line.split()[0].split("-"))
+                    return a, b
+            return 0, 0
+        def on_heap(p):
+            a, b = heap_range()
+            return a <= p < b
+        p = libc.malloc(8 << 20)
+        print(on_heap(p))
+        print(pyarena.tune_malloc())
+        q = libc.malloc(8 << 20)
+        print(on_heap(q))
+        """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True", "True"]
+    with pytest.raises(ValueError):
+        pyarena.tune_malloc(mmap_threshold=-1)

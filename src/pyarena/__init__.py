@@ -31,7 +31,7 @@ from pyarena._heap import (
 from pyarena._arena import Arena, ArenaStats
 from pyarena import reflect
 from pyarena._numpy_allocator import (
-    numpy_allocator, install_numpy_allocator, uninstall_numpy_allocator,
+    numpy_allocator, install_numpy_allocator, uninstall_numpy_allocator, tune_malloc,
 )
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __all__ = [
     "Allocator", "Block", "Heap", "HeapCorruptionError", "HeapProblem", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
     "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
+    "tune_malloc",
     "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",

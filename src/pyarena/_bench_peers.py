@@ -76,9 +76,9 @@ GLIBC_TUNED = {
     "MALLOC_TOP_PAD_": str(256 << 20),
 }
 
-# The same settings through mallopt(3), for a process already running:
-# M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD from glibc's malloc.h.
-MALLOPT = ((-1, 1 << 30), (-2, 256 << 20), (-3, 32 << 20))
+# The same settings through mallopt(3), for a process already running
+# (pyarena.tune_malloc's arguments).
+MALLOPT_VALUES = dict(trim_threshold=1 << 30, top_pad=256 << 20, mmap_threshold=32 << 20)
 
 # (name, sonames to look for, the Debian package that provides one).
 PEERS = (
@@ -252,17 +252,10 @@ def _mapped_peers() -> list[str]:
 
 
 def tune_glibc_malloc() -> bool:
-    """Give this process's glibc malloc the settings of GLIBC_TUNED through
-    mallopt, as a running program can (no environment, no restart); False
-    when the C library has no mallopt or refuses."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(mallopt(param, value) == 1 for param, value in MALLOPT)
+    """glibc tuned as the tuned-glibc configuration is, from inside the
+    process: pyarena.tune_malloc with the same three values."""
+    from pyarena import tune_malloc
+    return tune_malloc(**{name: value for name, value in MALLOPT_VALUES.items()})
 
 
 def run_workload(name: str, handler: str, scale: float, runs: int = RUNS,

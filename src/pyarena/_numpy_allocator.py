@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pyarena._heap import Heap, default_heap, _install_process, _set_process
 from pyarena._ndarray import get_data_handler, set_data_handler
 
-__all__ = ["numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator"]
+__all__ = ["numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
+           "tune_malloc"]
 
 # Handlers replaced by install_numpy_allocator, innermost last. A context
 # variable, as NumPy's handler is: each thread (and task) has its own.
@@ -142,6 +143,51 @@ def uninstall_numpy_allocator(*, scope: str = "process") -> None:
             set_data_handler(saved[-1])
     else:
         raise ValueError(f"scope must be 'process' or 'context', not {scope!r}")
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30,
+                top_pad: int = 256 << 20) -> bool:
+    """Keep glibc's malloc from giving memory back to the OS between uses,
+    for the allocations NumPy's data handler never sees.
+
+    NumPy's LAPACK and FFT wrappers take their scratch buffers straight from
+    ``malloc``; with glibc's defaults a buffer of a few MiB is a fresh
+    ``mmap`` each time, and so a page fault per 4 KiB each time. This sets,
+    from inside the running process, what the environment variables
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
+    ``MALLOC_TOP_PAD_`` would set at start-up (``mallopt``): blocks below
+    ``mmap_threshold`` come from the heap, which keeps up to
+    ``trim_threshold`` free bytes instead of trimming them, and grows by
+    ``top_pad`` extra. Together with ``install_numpy_allocator()`` it covers
+    both kinds of traffic without ``LD_PRELOAD``.
+
+    Returns
+    -------
+    bool
+        True when glibc took all three settings; False on a C library
+        without ``mallopt`` (nothing is changed then).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = True
+    for param, value in ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
+                         (_M_TOP_PAD, top_pad)):
+        if not 0 <= value < 1 << 31:
+            raise ValueError(f"mallopt values must fit an int, got {value}")
+        ok = bool(mallopt(param, value)) and ok
+    return ok
 
 
 def current_handler_name() -> str:
