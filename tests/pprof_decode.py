@@ -1,5 +1,5 @@
 """A minimal profile.proto decoder for the tests, written apart from the
-encoder in pyarena._mprof so that a round trip checks one against the other.
+encoder in pyarena._pprof so that a round trip checks one against the other.
 
 It reads the protobuf wire format generically (varint, 64-bit, length-
 delimited, 32-bit) and knows the Profile schema of github.com/google/pprof

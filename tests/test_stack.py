@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import pyarena
-from pyarena._mprof import code_frame
+from pyarena._pprof import code_frame
 
 HERE = Path(__file__).resolve().parent
 API = "pyarena_malloc"

@@ -44,6 +44,9 @@ for size in (16, 64, 1024):
         OPS[f"clevel{size}.{kind}"] = (
             "from pyarena import _cbench; h = pyarena.Heap()",
             f"_cbench.pair_ns({kind!r}, {size}, n, h)")
+    OPS[f"clevel{size}.pyarena-noprofile"] = (
+        "from pyarena import _cbench; h = pyarena.Heap(profile_rate=0)",
+        f"_cbench.pair_ns('pyarena', {size}, n, h)")
 
 
 def count(setup: str, body: str, n: int) -> int:

@@ -29,6 +29,7 @@ from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree
 from pyarena._types cimport mheap, mcache, mspan, pyarena_allocator, pa_add64
 from pyarena._mcache cimport getmcache, lookupmcache, releaseHeap
 from pyarena._mspan cimport nextFreeFast
+from pyarena._mprof cimport countdown, mallocEventP
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLargeNogil, liveObject,
                               clearSlot, mallocSmallSlow,
@@ -85,6 +86,8 @@ cdef inline uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogi
     c.allocBytes += s.elemsize
     if zero and v < s.zeroLimit:
         clearSlot(v, size)
+    if countdown(c, s.elemsize):
+        return mallocEventP(c, v, s.elemsize, s)
     return v
 
 

@@ -17,7 +17,7 @@ and the Heap object itself. Every Block holds the Heap.
 """
 
 cimport cython
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, int64_t
 from cpython.object cimport PyObject, PyTypeObject
 from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, TINY_SIZE,
                              NUM_SIZE_CLASSES, pyarena_class_to_size, pa_load64, pa_lock,
@@ -37,6 +37,7 @@ from pyarena._ndarray cimport (checkDeviceLike, arrayHandler, emptyBase, descrCa
 from pyarena._mcache cimport lookupmcache
 from pyarena._mspan cimport nextFreeFast
 from pyarena._malloc cimport clearSlot, mallocSmallSlow
+from pyarena._mprof cimport countAlloc, setProfileRate, profileRecords, MEM_PROFILE_RATE
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
@@ -72,6 +73,7 @@ cdef class Heap(Allocator):
         cdef mheap* h = mheap_new()
         if h == NULL:
             raise MemoryError("cannot map memory for a new heap")
+        h.profileRate = MEM_PROFILE_RATE       # before any cache is made
         registerHeap(h)
         initAllocator(&self._table, h)
         self.h = h
@@ -80,10 +82,10 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self):
-        # No options yet: an unknown keyword is a TypeError here, as in any
+    def __init__(self, *, profile_rate=MEM_PROFILE_RATE):
+        # Options are keywords; an unknown one is a TypeError, as in any
         # Python constructor.
-        pass
+        self.profile_rate = profile_rate
 
     def __dealloc__(self):
         self._destroy()
@@ -272,6 +274,52 @@ cdef class Heap(Allocator):
             return 0
         return checkHeap(self.h)
 
+    @property
+    def profile_rate(self):
+        """Bytes allocated per heap-profile sample, on average (Go's
+        MemProfileRate): 524288 (512 KiB) by default, 0 for no profiling, 1
+        to record every allocation. Setting it takes effect in every thread
+        at its next allocation. See ``heap_profile``."""
+        return <int64_t>self.h.profileRate if self.h != NULL else 0
+
+    @profile_rate.setter
+    def profile_rate(self, rate):
+        cdef int overflow = 0
+        cdef long long v
+        if isinstance(rate, bool) or not isinstance(rate, int):
+            raise TypeError(f"profile_rate must be an int, not {type(rate).__name__}")
+        v = PyLong_AsLongLongAndOverflow(rate, &overflow)
+        if overflow or v < 0:
+            raise ValueError(f"profile_rate must be from 0 to 2**63 - 1, got {rate}")
+        if self.h != NULL:
+            setProfileRate(self.h, v)
+
+    def heap_profile(self):
+        """A snapshot of the heap profile: which lines allocated the
+        sampled memory, and how much of it is still in use.
+
+        Returns
+        -------
+        HeapProfile
+            Its ``samples`` are scaled to estimates of the true totals
+            (exact at ``profile_rate`` 1); ``write_pprof``, ``top`` and
+            ``folded`` turn it into a pprof file, a table and flame-graph
+            input.
+
+        Notes
+        -----
+        Sampling follows Go: one allocation per ``profile_rate`` bytes on
+        average, at exponentially distributed intervals, each recording
+        the Python stack of the allocating thread (innermost 32 frames), or
+        a frame naming the C-level API when the thread did not hold the
+        GIL. A sampled object's free is counted when it happens.
+        """
+        from pyarena._pprof import HeapProfile, code_frame, TRUNCATED_FRAME
+        if self.h == NULL:
+            return HeapProfile.from_buckets([], max(self.profile_rate, 0))
+        records = profileRecords(self.h, code_frame, tuple(TRUNCATED_FRAME) + (0,))
+        return HeapProfile.from_buckets(records, <int64_t>self.h.profileRate)
+
     def numpy_handler(self):
         """This heap as a NumPy data-memory handler (NEP 49): a
         ``PyCapsule`` named ``"mem_handler"`` whose handler is named
@@ -376,8 +424,24 @@ def default_heap():
     if _default is None or _default._closed:
         # A closed default heap is replaced: module-level allocation keeps
         # working, and the old heap lives on for the blocks it still has.
-        _default = Heap()
+        _default = Heap(profile_rate=_envProfileRate())
     return _default
+
+
+def _envProfileRate():
+    """PYARENA_MEMPROFILERATE (Go's MemProfileRate, set from outside): the
+    default heap's profile rate; 512 KiB without it."""
+    import os
+    text = os.environ.get("PYARENA_MEMPROFILERATE")
+    if text is None or text.strip() == "":
+        return MEM_PROFILE_RATE
+    try:
+        rate = int(text, 0)
+    except ValueError:
+        raise ValueError(f"PYARENA_MEMPROFILERATE must be an integer, got {text!r}") from None
+    if rate < 0:
+        raise ValueError(f"PYARENA_MEMPROFILERATE must be >= 0, got {rate}")
+    return rate
 
 
 cdef inline Heap _heap():
@@ -447,6 +511,7 @@ cdef extern from "Python.h":
     PyObject* PyTuple_GET_ITEM(object t, Py_ssize_t i)
     Py_ssize_t PyTuple_GET_SIZE(object t)
     Py_ssize_t PY_SSIZE_T_MAX
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 cdef extern from *:
     """
@@ -552,6 +617,7 @@ cdef inline PyObject* arrayFast(PyObject* self, PyObject** args, Py_ssize_t narg
     else:
         c.nmalloc[cls] += 1
         c.allocBytes += s.elemsize
+        countAlloc(c, v, s.elemsize, s)
         if zero and v < s.zeroLimit:
             clearSlot(v, nbytes)
     dims[0] = n

@@ -9,6 +9,7 @@ from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, freeSl
 from pyarena._mcache cimport nextFree, allocLarge, keepLargeSpare, threadSelf
 from pyarena._mcentral cimport freeSlot
 from pyarena._mheap cimport freeSpan, spanOf
+from pyarena._mprof cimport countdown, mallocEventP
 
 cdef uintptr_t zerobaseAddr() noexcept nogil
 cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil
@@ -108,6 +109,8 @@ cdef inline uintptr_t mallocSmall(mcache* c, int sizeclass, size_t nbytes, bint 
     # Slots below zeroLimit may hold old data (slotNeedsZero by address).
     if needzero and v < s.zeroLimit:
         clearSlot(v, nbytes)
+    if countdown(c, s.elemsize):
+        return mallocEventP(c, v, s.elemsize, s)
     return v
 
 

@@ -74,6 +74,7 @@ from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNe
 from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache,
                               keepLargeSpare)
 from pyarena._mcentral cimport freeSlot
+from pyarena._mprof cimport countAlloc, profilefree
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
 
 
@@ -136,6 +137,8 @@ cdef uintptr_t mallocTiny(mcache* c, size_t size) noexcept nogil:
         memset(<void*>x, 0, TINY_SIZE)
     c.nmalloc[TINY_SIZE_CLASS] += 1
     c.allocBytes += TINY_SIZE
+    # Go counts a tiny block when it is made, not its values.
+    countAlloc(c, x, TINY_SIZE, s)
     if size < c.tinyoffset or c.tiny == 0:
         # The new block has more room left than the old one: keep it. Its
         # count (1 for the value, 1 for the cache) is published before the
@@ -171,6 +174,7 @@ cdef uintptr_t mallocSmallSlow(mcache* c, int sizeclass, size_t nbytes, bint nee
         s = c.alloc[sizeclass]
     c.nmalloc[sizeclass] += 1
     c.allocBytes += s.elemsize
+    countAlloc(c, v, s.elemsize, s)
     if needzero and v < s.zeroLimit:
         clearSlot(v, nbytes)
     return v
@@ -207,6 +211,8 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
             badFree(h, p, FREE_NOT_ALLOCATED)
             return
         s.allocCount = 0
+        if s.nsampled:
+            profilefree(h, s, p)
         countFree(h, c, 0, s.elemsize)
         if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
             keepLargeSpare(c, s)
@@ -218,6 +224,8 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
         badFree(h, p, FREE_NOT_ALLOCATED)
         return
     if pa_addu8(&s.tinyRefs[idx], -1) == 0:
+        if s.nsampled:
+            profilefree(h, s, s.startAddr + idx * s.elemsize)
         countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
         freeSlotAny(h, s, <unsigned int>idx)
     else:
@@ -229,6 +237,10 @@ cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept
     from: atomically (freeSlot), counted in its cache or the heap."""
     cdef int cls = s.sizeclass
     cdef uintptr_t size = s.elemsize
+    if s.nsampled:
+        # Before the slot is free: once it is, it may be handed out (and
+        # sampled) again.
+        profilefree(h, s, p)
     if not freeSlot(h, s, idx):
         badFree(h, p, FREE_NOT_ALLOCATED)
         return

@@ -40,7 +40,7 @@ cdef extern from *:
 
 # The registry of live heaps and heap lifetime.
 cdef void registerHeap(mheap* h) noexcept nogil
-cdef void releaseHeap(mheap* h) noexcept nogil
+cdef void releaseHeap(mheap* h) noexcept
 cdef int liveHeaps(mheap** out, int n) noexcept nogil
 
 # Caches.

@@ -42,6 +42,7 @@ from pyarena._mspan cimport nextFreeIndex, sweep, objIndex, freeSlotLocal
 from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot
 from pyarena._mheap cimport allocSpan, freeSpan, mheap_destroy
 from pyarena._mcache cimport threadSelf, tcacheSlot
+from pyarena._mprof cimport armCache, countAlloc, mprofDestroy
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t
@@ -111,7 +112,7 @@ cdef void registerHeap(mheap* h) noexcept nogil:
     pa_unlock(&_registry)
 
 
-cdef void releaseHeap(mheap* h) noexcept nogil:
+cdef void releaseHeap(mheap* h) noexcept:
     """Drop one reference to h (the Heap object's, or its NumPy handler
     capsule's; GIL held); the last one takes h out of the registry, so that
     no ending thread looks at its caches any more, and destroys it."""
@@ -127,6 +128,7 @@ cdef void releaseHeap(mheap* h) noexcept nogil:
     if h.regNext != NULL:
         h.regNext.regPrev = h.regPrev
     pa_unlock(&_registry)
+    mprofDestroy(h)
     mheap_destroy(h)
 
 
@@ -227,6 +229,7 @@ cdef mcache* allocmcache(mheap* h) noexcept nogil:
     if c != NULL:
         c.heap = h
         c.owner = threadSelf()
+        armCache(h, c)
         for i in range(NUM_SIZE_CLASSES):
             c.alloc[i] = &emptymspan
         c.next = h.caches
@@ -284,6 +287,7 @@ cdef mspan* allocLarge(mcache* c, uintptr_t npages) noexcept nogil:
     s.freeindex = 1
     c.nmalloc[0] += 1
     c.allocBytes += npages << PAGE_SHIFT
+    countAlloc(c, s.startAddr, npages << PAGE_SHIFT, s)
     return s
 
 
@@ -489,6 +493,8 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
             sweep(s)
             pa_add64(&c.heap.nsweeps, 1)
             if s.allocCount < s.nelems:
+                if pa_load32(&s.nsampled) == 0:
+                    s.ownerThread = c.owner     # its samples died: local frees again
                 return s
         uncacheSpan(c.heap, s)
         c.alloc[sizeclass] = &emptymspan
@@ -496,7 +502,8 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     if s == NULL:
         return NULL
     s.cache = c
-    s.ownerThread = c.owner
+    # A span with sampled objects alive is freed into out of line (_mprof).
+    s.ownerThread = c.owner if pa_load32(&s.nsampled) == 0 else 0
     c.alloc[sizeclass] = s
     return s
 

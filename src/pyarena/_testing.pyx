@@ -5,7 +5,7 @@ Not public API. Tests use these to look at bitmaps, span states, free runs
 and the invariants of each layer instead of guessing from outside.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, int64_t, uint32_t
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
 from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanDead, mSpanInUse,
@@ -355,3 +355,49 @@ def capi_offset(Heap heap not None):
     pointer in pyarena_capi.h's pyarena_HeapObject): equal, or code built
     against the header would read the wrong word."""
     return (<size_t>(<char*>&heap._capi - <char*><PyObject*>heap), headerCapiOffset())
+
+
+# -- heap profiling --------------------------------------------------------
+
+from pyarena._mprof cimport cheaprand, fastexprand, nextSampleNoFP, armCache, nextSample
+
+
+def c_cheaprand(uint64_t state):
+    """(new state, value) of the C wyrand, for comparison with _pprof's."""
+    cdef uint64_t s = state
+    cdef uint32_t v = cheaprand(&s)
+    return s, v
+
+
+def c_fastexprand(int64_t mean, uint32_t u):
+    return fastexprand(mean, u)
+
+
+def c_next_sample_nofp(int64_t rate, uint32_t u):
+    return nextSampleNoFP(rate, u)
+
+
+def set_sampler(Heap heap, str kind="exponential", seed=None):
+    """Choose the heap's sampler ('exponential': fastexprand, Go's;
+    'uniform': nextSampleNoFP) and, with a seed, reseed the calling
+    thread's cache so that a test's samples are repeatable; the cache's
+    countdown is drawn again."""
+    cdef mheap* h = heapOf(heap)
+    cdef mcache* c
+    if kind not in ("exponential", "uniform"):
+        raise ValueError(kind)
+    h.sampler = 1 if kind == "uniform" else 0
+    c = getmcacheGIL(h)
+    armCache(h, c)
+    if seed is not None:
+        c.rand = <uint64_t>seed
+        c.nextSample = nextSample(h, c, c.memProfRate)
+        c.eventArmed = c.nextEvent = c.nextSample if c.memProfRate else (1 << 30)
+
+
+def sample_intervals(Heap heap, Py_ssize_t n):
+    """n intervals drawn by the heap's sampler from the calling thread's
+    cache (its random state moves on)."""
+    cdef mheap* h = heapOf(heap)
+    cdef mcache* c = getmcacheGIL(h)
+    return [nextSample(h, c, <int64_t>h.profileRate) for _ in range(n)]

@@ -46,6 +46,8 @@ cdef extern from "pyarena_atomic.h" nogil:
     uint64_t pa_or64(uint64_t* p, uint64_t v)
     uint64_t pa_xchg64(uint64_t* p, uint64_t v)
     uint64_t pa_load64(const uint64_t* p)
+    void pa_store64(uint64_t* p, uint64_t v)
+    void pa_store64_relaxed(uint64_t* p, uint64_t v)
     void pa_add64(uint64_t* p, uint64_t v)
     int32_t pa_add32(int32_t* p, int32_t v)
     int32_t pa_load32(const int32_t* p)
@@ -182,6 +184,10 @@ cdef struct mspan:
     # owner alone; another thread reads 0, or a pointer not its own.
     uintptr_t ownerThread
     mcache* cache
+    # Objects of this span that a heap profile sampled (atomic): while any
+    # lives, ownerThread stays 0, so that every free goes the out-of-line
+    # way, which tells the profile.
+    int32_t nsampled
     uint8_t* tinyRefs         # class 2 spans used by the tiny allocator:
                               # live sub-objects (+1 for the cache) per slot
     # allocBits: 1 = slot allocated as of the last sweep. Slots below
@@ -277,6 +283,14 @@ cdef struct mcache:
     # Frees made by this thread (in any span).
     uint64_t nfree[NUM_SIZE_CLASSES]
     uint64_t freedBytes
+    # The allocation countdown (Go: c.nextSample): every allocation takes
+    # its slot bytes off nextEvent; when it runs out, _mprof.mallocEvent
+    # looks at what is due (a profile sample) and arms it again.
+    int64_t nextEvent
+    int64_t eventArmed        # what nextEvent was armed with
+    int64_t nextSample        # bytes until the next profile sample
+    int64_t memProfRate       # the heap's profile rate when last armed
+    uint64_t rand             # the cache's random state (Go: cheaprand)
 
 
 cdef struct arenaReservation:
@@ -297,6 +311,11 @@ cdef struct mheap:
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
     uint8_t closed                      # Heap.close(): no more allocation
+    # Heap profiling (_mprof): bytes per sample (0 off; atomic), which
+    # sampler draws the intervals, and the buckets, made on first use.
+    int64_t profileRate
+    uint8_t sampler                     # 0: exponential (fastexprand); 1: uniform (NoFP)
+    void* prof
     # getmcache's lookup, by a hash of the thread pointer. A slot holds the
     # cache of the last thread that missed there; a reader checks
     # owner == its own thread pointer. Written only by the cache's own

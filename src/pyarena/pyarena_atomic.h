@@ -19,6 +19,10 @@ static inline uint64_t pa_xchg64(uint64_t *p, uint64_t v)
 { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t pa_load64(const uint64_t *p)
 { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pa_store64(uint64_t *p, uint64_t v)
+{ __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void pa_store64_relaxed(uint64_t *p, uint64_t v)
+{ __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 static inline void pa_add64(uint64_t *p, uint64_t v)
 { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 static inline int32_t pa_add32(int32_t *p, int32_t v)

@@ -1,4 +1,5 @@
-"""Heap profiles: Go's sampling (malloc.go, mprof.go) and pprof's heap format
+"""Heap profiles, the Python half: Go's samplers as references (malloc.go), the
+bucket model (mprof.go), and pprof's heap format
 (runtime/pprof/protomem.go, proto.go).
 
 Go makes heap profiling cheap enough to stay on. Each mcache counts down the

@@ -1,4 +1,4 @@
-"""The heap-profile model (pyarena._mprof): Go's samplers bit for bit, their
+"""The heap-profile model (pyarena._pprof): Go's samplers bit for bit, their
 statistics, pprof's scaling, the profile.proto writer (decoded back by an
 independent decoder, tests/pprof_decode.py), and the text views.
 
@@ -17,8 +17,8 @@ import struct
 import pytest
 
 import pprof_decode
-from pyarena import _mprof as M
-from pyarena._mprof import (
+from pyarena import _pprof as M
+from pyarena._pprof import (
     MEM_PROFILE_RATE, SAMPLE_TYPES, STACK_MAX, TRUNCATED_FRAME, BucketTable, Frame,
     HeapProfile, Sampler,
 )
