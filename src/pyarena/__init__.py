@@ -28,6 +28,7 @@ from pyarena._heap import (
     zeros, empty, full, zeros_like, empty_like, full_like,
 )
 
+from pyarena._pprof import HeapProfile, HeapSample, Frame, MEM_PROFILE_RATE
 from pyarena._arena import Arena, ArenaStats
 from pyarena import reflect
 from pyarena._numpy_allocator import (
@@ -35,6 +36,12 @@ from pyarena._numpy_allocator import (
 )
 
 __version__ = "0.1.0"
+
+# tracemalloc's domain for what pyarena allocates and NumPy does not free
+# (Blocks, typed values, arena chunks): tracemalloc.DomainFilter(True,
+# pyarena.tracemalloc_domain). Arrays are traced in NumPy's domain,
+# numpy.lib.tracemalloc_domain, as NumPy's own are.
+tracemalloc_domain = 0x70796172
 
 
 def get_include() -> str:
@@ -48,7 +55,7 @@ __all__ = [
     "Allocator", "Block", "Heap", "HeapCorruptionError", "HeapProblem", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
     "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
-    "tune_malloc",
+    "tune_malloc", "HeapProfile", "HeapSample", "Frame", "MEM_PROFILE_RATE", "tracemalloc_domain",
     "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",

@@ -10,6 +10,10 @@ from typing_extensions import Buffer, CapsuleType
 
 from pyarena import reflect as reflect
 from pyarena._mstats import MemStats as MemStats, SizeClassStats as SizeClassStats
+from pyarena._pprof import (
+    Frame as Frame, HeapProfile as HeapProfile, HeapSample as HeapSample,
+    MEM_PROFILE_RATE as MEM_PROFILE_RATE,
+)
 
 __version__: str
 PAGE_SIZE: int
@@ -18,6 +22,7 @@ NUM_SIZE_CLASSES: int
 PHYS_PAGE_SIZE: int
 PHYS_HUGE_PAGE_SIZE: int
 PHYS_HUGE_PAGE_SHIFT: int
+tracemalloc_domain: int
 
 # As in NumPy's own stubs: a shape is an int or a sequence of ints; zeros,
 # empty and full take order 'C' or 'F', the *_like functions also 'A', 'K'.
@@ -87,7 +92,12 @@ class HeapCorruptionError(RuntimeError):
 
 @final
 class Heap(Allocator):
-    def __init__(self) -> None: ...
+    def __init__(self, *, profile_rate: int = ...) -> None: ...
+    @property
+    def profile_rate(self) -> int: ...
+    @profile_rate.setter
+    def profile_rate(self, rate: int) -> None: ...
+    def heap_profile(self) -> HeapProfile: ...
     def numpy_handler(self) -> CapsuleType: ...
     def stats(self) -> MemStats: ...
     def check(self) -> int: ...

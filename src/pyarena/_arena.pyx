@@ -33,7 +33,8 @@ from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
-from pyarena._types cimport mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT
+from pyarena._types cimport (mheap, mcache, mspan, PAGE_SIZE, PAGE_SHIFT, PYARENA_TRACE_DOMAIN,
+                             PyTraceMalloc_Track, PyTraceMalloc_Untrack)
 from pyarena._heap cimport Heap
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._mcache cimport getmcacheGIL
@@ -105,6 +106,7 @@ cdef class _Chunk:
             return
         # Everything below mapped may have been written; nothing above it
         # was ever handed out.
+        PyTraceMalloc_Untrack(PYARENA_TRACE_DOMAIN, self.base)
         freeUserArenaChunk(heap.h, self.span,
                            self.mapped if self.mapped > self.dirtyEnd else self.dirtyEnd)
         self.span = NULL
@@ -221,6 +223,7 @@ cdef class Arena(Allocator):
         ch.base = ch.next = ch.mapped = s.startAddr
         ch.end = s.startAddr + self.chunkSize
         ch.dirtyEnd = dirty
+        PyTraceMalloc_Track(PYARENA_TRACE_DOMAIN, ch.base, self.chunkSize)
         self.chunks.append(ch)
         self.cur = ch
         return ch

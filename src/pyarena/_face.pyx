@@ -39,7 +39,8 @@ cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
 
 from libc.stdint cimport uintptr_t
-from pyarena._types cimport mheap, PAGE_SIZE, MAX_ALLOC, ADDR_BITS
+from pyarena._types cimport (mheap, PAGE_SIZE, MAX_ALLOC, ADDR_BITS, PYARENA_TRACE_DOMAIN,
+                             PyTraceMalloc_Track, PyTraceMalloc_Untrack)
 from pyarena._mcache cimport peekmcache
 from pyarena._malloc cimport freeObject
 from pyarena._ndarray cimport (arraySpec, arrayLayout, countLayout, likeLayout, byteRange, descrOf,
@@ -99,6 +100,7 @@ cdef class Block:
         if self.ptr != 0 and self._nbytes != 0 and self._owner is None and self.h != NULL:
             # The heap is alive (we hold its Heap) and its mheap too: a heap
             # is unmapped early only when it has no live objects.
+            PyTraceMalloc_Untrack(PYARENA_TRACE_DOMAIN, self.ptr)
             freeObject(self.h, self.ptr, self._tiny)
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
@@ -244,7 +246,7 @@ cdef class Allocator:
             return wrapArray(descr, spec.nd, spec.dims, <void*>pl.addr, fortran, owner,
                              spec.stridesp)
         return wrapOwned(descr, spec.nd, spec.dims, spec.stridesp, <void*>pl.addr, fortran,
-                         (<Allocator>owner)._capsule)
+                         (<Allocator>owner)._capsule, <size_t>spec.nbytes)
 
     @cython.final
     cdef Block _newBlock(self, size_t nbytes, size_t align, bint zero):
@@ -262,7 +264,9 @@ cdef class Allocator:
         b._sizeclass = pl.sizeclass
         b._tiny = pl.tiny
         if pl.chunked:
-            b._owner = owner
+            b._owner = owner        # the chunk is tracked, not its values
+        elif nbytes:
+            PyTraceMalloc_Track(PYARENA_TRACE_DOMAIN, pl.addr, nbytes)
         return b
 
     @cython.final

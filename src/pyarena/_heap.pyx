@@ -41,6 +41,7 @@ from pyarena._mprof cimport countAlloc, setProfileRate, profileRecords, MEM_PROF
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
+from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
 from pyarena._mstats import MemStats, SizeClassStats
 
 import numpy as np
@@ -59,6 +60,14 @@ cdef class Heap(Allocator):
     on exit. It has every allocation method of ``Allocator``: ``alloc``,
     ``zeros``, ``empty``, ``full``, the ``*_like`` trio, ``new``,
     ``newarray`` and ``owns``.
+
+    Parameters
+    ----------
+    profile_rate : int, optional
+        Bytes allocated per heap-profile sample, on average (Go's
+        MemProfileRate): 512 KiB by default, 0 for no profiling, 1 to
+        record every allocation. See ``profile_rate`` and
+        ``heap_profile``.
 
     Notes
     -----
@@ -628,6 +637,7 @@ cdef inline PyObject* arrayFast(PyObject* self, PyObject** args, Py_ssize_t narg
         freeObject(h, v, False)
         return NULL
     arrayOwnFast(arr, <PyObject*>(<Heap>heap)._capsule)
+    PyTraceMalloc_Track(NUMPY_TRACE_DOMAIN, v, nbytes)    # NumPy's free untracks it
     return arr
 
 

@@ -231,9 +231,15 @@ cdef void mallocEvent(mcache* c, uintptr_t p, uintptr_t slot, mspan* s) noexcept
     cdef int64_t rate = <int64_t>pa_load64(<uint64_t*>&h.profileRate)
     cdef int64_t consumed = c.eventArmed - c.nextEvent
     if rate != c.memProfRate:
-        # Turned on, off, or changed: a fresh interval at the new rate.
+        # Turned on, off, or changed: a fresh interval at the new rate,
+        # which this allocation is the first to count down (so that at
+        # rate 1 it is sampled, as every allocation is).
         c.memProfRate = rate
-        c.nextSample = nextSample(h, c, rate)
+        c.nextSample = nextSample(h, c, rate) - <int64_t>slot
+        if c.nextSample < 0:
+            c.nextSample = nextSample(h, c, rate)
+            if rate:
+                profilealloc(h, p, slot, s)
     else:
         c.nextSample -= consumed
         if c.nextSample < 0:

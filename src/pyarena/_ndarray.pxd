@@ -79,7 +79,7 @@ cdef inline int parseOrderFast(object order) except -1:
     return parseOrder(order)
 cdef object wrapArray(object descr, int nd, npy_intp* dims, void* data, bint fortran, object owner, npy_intp* strides=*)
 cdef int checkDeviceLike(object device, object like) except -1
-cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data, bint fortran, object capsule)
+cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data, bint fortran, object capsule, size_t nbytes)
 cdef size_t descrAlignment(object descr) except 0
 cdef Py_ssize_t descrItemsize(object descr) noexcept
 cdef object expandSubarray(object descr, int* nd, npy_intp* dims)

@@ -30,6 +30,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred, PyErr_ExceptionMatches
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO, PyBUF_SIMPLE
 from libc.stdint cimport uintptr_t
+from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
 
 cdef extern from "Python.h":
     # The buffer request without Cython's exception check: BufferError is
@@ -542,10 +543,12 @@ cdef int propagate() except -1:
 
 
 cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, void* data,
-                      bint fortran, object capsule):
-    """A writable ndarray that owns data, to be freed through capsule (the
-    heap's NEP 49 handler). strides NULL: C or Fortran order. On failure
-    the data is freed here and NumPy's error propagates."""
+                      bint fortran, object capsule, size_t nbytes):
+    """A writable ndarray that owns data, nbytes of it, to be freed through
+    capsule (the heap's NEP 49 handler). strides NULL: C or Fortran order.
+    On failure the data is freed here and NumPy's error propagates. The
+    array is tracked by tracemalloc in NumPy's domain, where NumPy's free
+    untracks it."""
     cdef PyDataMem_Handler* handler
     cdef PyObject* arr = newArrayOver(descr, nd, dims, strides, data, fortran)
     if arr == NULL:
@@ -553,6 +556,8 @@ cdef object wrapOwned(object descr, int nd, npy_intp* dims, npy_intp* strides, v
         handler.allocator.free(handler.allocator.ctx, data, 0)
         propagate()
     arrayOwn(arr, <PyObject*>capsule)
+    if nbytes:
+        PyTraceMalloc_Track(NUMPY_TRACE_DOMAIN, <uintptr_t>data, nbytes)
     cdef object result = <object>arr
     Py_DECREF(result)       # drop the reference PyArray_NewFromDescr gave us
     return result

@@ -401,3 +401,35 @@ def sample_intervals(Heap heap, Py_ssize_t n):
     cdef mheap* h = heapOf(heap)
     cdef mcache* c = getmcacheGIL(h)
     return [nextSample(h, c, <int64_t>h.profileRate) for _ in range(n)]
+
+
+from pyarena._types cimport pyarena_allocator
+
+
+def capi_malloc(Heap heap not None, size_t size, Py_ssize_t n, bint nogil=True):
+    """n allocations of size bytes through the heap's C-level table, made
+    with the GIL released (nogil) or held; their addresses (0 for a failed
+    one). Free them with capi_free."""
+    cdef const pyarena_allocator* t = heap._capi
+    cdef uintptr_t* out = <uintptr_t*>calloc(n if n > 0 else 1, sizeof(uintptr_t))
+    cdef Py_ssize_t i
+    if out == NULL:
+        raise MemoryError()
+    try:
+        if nogil:
+            with nogil:
+                for i in range(n):
+                    out[i] = <uintptr_t>t.malloc(t.ctx, size)
+        else:
+            for i in range(n):
+                out[i] = <uintptr_t>t.malloc(t.ctx, size)
+        return [out[i] for i in range(n)]
+    finally:
+        free(out)
+
+
+def capi_free(Heap heap not None, addrs):
+    """Free addresses capi_malloc returned, through the same table."""
+    cdef const pyarena_allocator* t = heap._capi
+    for a in addrs:
+        t.free(t.ctx, <void*><uintptr_t>a)

@@ -132,6 +132,21 @@ cdef extern from *:
     size_t MAX_ALLOC "PYARENA_MAX_ALLOC"
 
 
+# tracemalloc's view of the memory the faces hand to Python. An array that
+# NumPy will free through a heap's handler is tracked in NumPy's domain
+# (numpy.lib.tracemalloc_domain), because NumPy's free untracks it there;
+# everything else the faces make (Blocks, typed values, arena chunks) in
+# pyarena's own. The C-level API and the handler's own calls are not
+# tracked here: their callers (NumPy, for the handler) do it.
+cdef enum:
+    NUMPY_TRACE_DOMAIN = 389047
+    PYARENA_TRACE_DOMAIN = 0x70796172     # "pyar"
+
+cdef extern from "Python.h":
+    int PyTraceMalloc_Track(unsigned int domain, uintptr_t ptr, size_t size) noexcept
+    int PyTraceMalloc_Untrack(unsigned int domain, uintptr_t ptr) noexcept
+
+
 cdef enum spanState:
     mSpanDead = 0     # record not describing any memory (on a fixalloc list)
     mSpanInUse = 1    # holds slots of a size class or one large object
