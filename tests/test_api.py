@@ -847,10 +847,9 @@ def run_isolated(code, timeout=120):
     import os
     import subprocess
     import sys
-    src = str(Path(pyarena.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from support import pyarena_env
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+                       timeout=timeout, env=pyarena_env())
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     return r.stdout.split("\n")
 

@@ -14,8 +14,8 @@ import pytest
 import pyarena
 
 # Subprocesses import the pyarena under test, whatever their working directory.
-SUBPROCESS_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pyarena.__file__))
-                      + os.pathsep + os.environ.get("PYTHONPATH", ""))
+from support import pyarena_env
+SUBPROCESS_ENV = pyarena_env()
 from pyarena import HeapCorruptionError, _testing
 
 

@@ -22,14 +22,7 @@ import pyarena
 MiB = 1 << 20
 
 
-def _env() -> dict[str, str]:
-    """The current environment, with the directory holding the imported
-    pyarena package first on PYTHONPATH."""
-    env = dict(os.environ)
-    root = str(Path(pyarena.__file__).resolve().parent.parent)
-    old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = root + (os.pathsep + old if old else "")
-    return env
+from support import pyarena_env as _env
 
 
 def _run(script: str, timeout: float = 120) -> subprocess.CompletedProcess:

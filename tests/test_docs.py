@@ -218,10 +218,8 @@ def run_document(md: Path, report: Path):
 # The test.
 
 def _env():
-    import pyarena
-    env = dict(os.environ)
-    here = str(Path(pyarena.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    from support import pyarena_env
+    env = pyarena_env()
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
 

@@ -14,6 +14,7 @@ import gc
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ from pyarena import _pprof, _testing
 from pyarena._pprof import STACK_MAX, TRUNCATED_FRAME
 
 import pprof_decode
+from support import pyarena_env
 
 KiB = 1024
 HERE = Path(__file__).resolve()
@@ -208,7 +210,7 @@ def test_a_rate_change_reaches_a_thread_that_is_already_counting_down():
 
 
 def run_env(value):
-    env = dict(os.environ, PYARENA_MEMPROFILERATE=value)
+    env = pyarena_env(PYARENA_MEMPROFILERATE=value)
     return subprocess.run(
         [sys.executable, "-c", "import pyarena; print(pyarena.default_heap().profile_rate)"],
         env=env, capture_output=True, text=True)
@@ -666,3 +668,126 @@ def test_tracemalloc_attributes_arrays_to_their_line(traced):
     assert top[0].traceback[0].lineno == SITES["traced"]
     assert top[0].size == 400_000
     del a
+
+
+# -- python -m pyarena profile --------------------------------------------------
+
+SCRIPT = """\
+import sys
+import numpy as np
+
+def make(n):
+    x = np.linspace(0.0, 1.0, n)
+    y = x * 2.0 + 1.0           # LINE_TEMP
+    return np.sqrt(y)           # LINE_KEEP
+
+keep = [make(100_000) for _ in range(10)]
+print("args", sys.argv[1:], __name__)
+sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+"""
+
+
+def script_lines(text):
+    return {m: i + 1 for i, line in enumerate(text.splitlines())
+            for m in ("LINE_TEMP", "LINE_KEEP") if m in line}
+
+
+def run_cli(tmp_path, *args, script=SCRIPT):
+    path = tmp_path / "numeric.py"
+    path.write_text(script)
+    r = subprocess.run([sys.executable, "-m", "pyarena", "profile", *args, str(path)]
+                       if "-m" not in args else [sys.executable, "-m", "pyarena", "profile", *args],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=pyarena_env())
+    return path, r
+
+
+def test_the_cli_profiles_a_numpy_script_and_names_its_lines(tmp_path):
+    out = tmp_path / "h.pb.gz"
+    folded = tmp_path / "h.folded"
+    path, r = run_cli(tmp_path, "-o", str(out), "--rate", "1", "--folded", str(folded))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "args [] __main__\n"           # the script's own output, untouched
+    lines = script_lines(SCRIPT)
+    d = pprof_decode.decode(out.read_bytes())
+    assert d.period == 1
+    stacks = d.stacks()
+    by_line = {}
+    for frames, values, labels in stacks:
+        # The arrays (800 KB); NumPy's 0-d arrays for 2.0 and 1.0 aside.
+        if frames and frames[0][0] == str(path) and frames[0][1] == "make" and \
+                labels["bytes"] >= 800_000:
+            v = by_line.setdefault(frames[0][2], [0, 0, 0, 0])
+            for i in range(4):
+                v[i] += values[i]
+        # The command line's own frames are taken off: the outermost frame
+        # of a stack from the script is the script's module.
+        if any(f[0] == str(path) for f in frames):
+            assert frames[-1][:2] == (str(path), "<module>"), frames
+            assert not any("pyarena" in f[0] and "__main__" in f[0] for f in frames)
+    # Line TEMP: one array of 800 KB a call (NumPy adds 1.0 into the
+    # temporary x * 2.0 in place: its elision of large temporaries), all
+    # freed; line KEEP: 10, all kept.
+    temp, kept = by_line[lines["LINE_TEMP"]], by_line[lines["LINE_KEEP"]]
+    assert temp[0] == 10 and temp[2] == 0
+    assert kept[0] == 10 and kept[2] == 10 and kept[3] >= 10 * 800_000
+    assert f"numeric.py:{lines['LINE_KEEP']}" in r.stderr
+    assert "In use when the script ended" in r.stderr and "Allocated over the run" in r.stderr
+    text = folded.read_text()
+    keep_line = [ln for ln in text.splitlines() if f"numeric.py:{lines['LINE_KEEP']})" in ln]
+    assert len(keep_line) == 1 and keep_line[0].startswith("<module> (")
+    assert int(keep_line[0].rsplit(" ", 1)[1]) == kept[3]
+
+
+def test_the_cli_keeps_the_scripts_exit_status_and_still_writes_the_profile(tmp_path):
+    out = tmp_path / "h.pb.gz"
+    path, r = run_cli(tmp_path, "-o", str(out), "--rate", "1")
+    assert r.returncode == 0
+    path = tmp_path / "numeric.py"
+    r = subprocess.run([sys.executable, "-m", "pyarena", "profile", "-o", str(out), str(path), "3"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=pyarena_env())
+    assert r.returncode == 3 and r.stdout == "args ['3'] __main__\n"
+    assert out.exists()
+    failing = SCRIPT.replace("print(", "raise RuntimeError('boom'); print(")
+    out.unlink()
+    path, r = run_cli(tmp_path, "-o", str(out), script=failing)
+    assert r.returncode == 1
+    assert "RuntimeError: boom" in r.stderr
+    assert pprof_decode.decode(out.read_bytes()).samples
+
+
+def test_the_cli_runs_a_module_with_m(tmp_path):
+    (tmp_path / "numericmod.py").write_text(SCRIPT)
+    out = tmp_path / "m.pb.gz"
+    r = subprocess.run([sys.executable, "-m", "pyarena", "profile", "-o", str(out), "--rate", "1",
+                        "-m", "numericmod", "0"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=pyarena_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "args ['0'] __main__\n"
+    d = pprof_decode.decode(out.read_bytes())
+    assert any(f[0].endswith("numericmod.py") for frames, _, _ in d.stacks() for f in frames)
+
+
+def test_the_cli_refuses_a_bad_rate_and_a_missing_script(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pyarena", "profile", "--rate", "-1", "x.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60, env=pyarena_env())
+    assert r.returncode == 2 and "--rate" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "pyarena", "profile", "missing.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60, env=pyarena_env())
+    assert r.returncode == 2 and "no such script" in r.stderr
+    assert not (tmp_path / "heap.pb.gz").exists()
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="go tool pprof is not installed")
+def test_go_tool_pprof_reads_the_cli_profile(tmp_path):
+    # A check against the real reader, where Debian's golang-go is present;
+    # the decoding tests above stand without it.
+    out = tmp_path / "h.pb.gz"
+    path, r = run_cli(tmp_path, "-o", str(out), "--rate", "1")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["go", "tool", "pprof", "-top", "-sample_index=alloc_space", str(out)],
+                       capture_output=True, text=True, timeout=120,
+                       env=pyarena_env(HOME=str(tmp_path), PPROF_TMPDIR=str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "Type: alloc_space" in r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines() if ln.strip().endswith(" make")]
+    assert rows and rows[0][-1] == "make"

@@ -1,0 +1,17 @@
+"""Helpers several test modules share."""
+
+import os
+from pathlib import Path
+
+import pyarena
+
+
+def pyarena_env(**extra: str) -> dict[str, str]:
+    """The current environment for a subprocess, with the directory holding
+    the pyarena under test first on PYTHONPATH (whatever the subprocess's
+    working directory), plus extra variables."""
+    env = dict(os.environ)
+    root = str(Path(pyarena.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
