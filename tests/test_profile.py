@@ -287,6 +287,39 @@ def test_a_sampled_object_freed_by_another_thread_leaves_in_use():
     assert h.check() == 0        # and no live object left
 
 
+def test_a_span_gives_up_local_frees_while_it_holds_samples():
+    # A sample takes its span's owner off the local free path (the free
+    # must find the sample); the owner's free of the last sample puts it
+    # back, so a loop that samples once does not pay on every later free.
+    h = pyarena.Heap(profile_rate=0)
+    a = h.alloc(64)
+    span = _testing.span_of(h, a.address)
+    assert span["owned"] and span["nsampled"] == 0
+    h.profile_rate = 1
+    b, c = h.alloc(64), h.alloc(64)
+    assert _testing.span_of(h, b.address)["start"] == span["start"]
+    span = _testing.span_of(h, b.address)
+    assert not span["owned"] and span["nsampled"] == 2
+    h.profile_rate = 0
+    del b
+    assert _testing.span_of(h, a.address)["nsampled"] == 1
+    assert not _testing.span_of(h, a.address)["owned"]
+    del c
+    span = _testing.span_of(h, a.address)
+    assert span["owned"] and span["nsampled"] == 0
+    # Freed by another thread instead: the samples go, the owner is not
+    # given back by a thread that does not own the span.
+    h.profile_rate = 1
+    d = h.alloc(64)
+    h.profile_rate = 0
+    box = [d]
+    del d
+    in_thread(box.clear)
+    span = _testing.span_of(h, a.address)
+    assert span["nsampled"] == 0 and not span["owned"]
+    del a
+
+
 def test_the_same_slot_sampled_again_after_its_free_is_a_new_sample():
     h = pyarena.Heap(profile_rate=1)
 

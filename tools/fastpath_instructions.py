@@ -39,7 +39,7 @@ OPS = {
     "loop": ("f8 = np.float64", "for _ in range(n): pass"),
     "call": ("f = id; f8 = np.float64", "for _ in range(n): f(f8)"),
 }
-for size in (16, 64, 1024):
+for size in (16, 64, 1024, 8192):
     for kind in ("pyarena", "libc", "pymem"):
         OPS[f"clevel{size}.{kind}"] = (
             "from pyarena import _cbench; h = pyarena.Heap()",

@@ -11,6 +11,9 @@
   run in a fresh process, alternating, with its peak RSS. Each process runs
   the workload once to warm up and reports the median of three more runs:
   the steady state of code that makes temporaries in a loop.
+- Heap profiling: zeros, alloc and the C-level pair on a heap sampling at
+  the default 512 KiB beside one with profiling off, interleaved, and the
+  NumPy handler workload likewise in alternating processes.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
+
 import pyarena
 from pyarena import _cbench
-from pyarena._bench import Progress, _label
+from pyarena._bench import Progress, _fmt_ns, _label
 
 C_SIZES = (16, 64, 256, 1 << 10, 8 << 10)
 C_KINDS = ("pyarena", "libc", "pymem")
@@ -89,8 +94,9 @@ def timed():
     for _ in range(3):
         t0 = time.perf_counter(); work(); ts.append(time.perf_counter() - t0)
     return sorted(ts)[1]
-if sys.argv[1] == "pyarena":
-    with pyarena.numpy_allocator(pyarena.Heap()):
+if sys.argv[1].startswith("pyarena"):
+    rate = 0 if sys.argv[1] == "pyarena-noprofile" else pyarena.MEM_PROFILE_RATE
+    with pyarena.numpy_allocator(pyarena.Heap(profile_rate=rate)):
         t = timed()
 else:
     t = timed()
@@ -127,6 +133,56 @@ def run_numpy_handler(quick: bool = False, progress: bool = True) -> dict:
                 pyarena_rss_kib=med(ours, "maxrss_kib"))
 
 
+def run_profiling(quick: bool = False, progress: bool = True) -> dict:
+    """Heap profiling's cost: the same operations on a heap sampling at
+    Go's default rate (512 KiB) and on one with profiling off, interleaved
+    in one process; and the NumPy handler workload in fresh processes,
+    alternating."""
+    from pyarena._bench import _cell, _drop_loop
+
+    rounds = 5 if quick else 11
+    budget = 3e6 if quick else 20e6
+    on, off = pyarena.Heap(), pyarena.Heap(profile_rate=0)
+    u8 = np.dtype(np.uint8)
+    cells = []
+    ops = [(f"zeros {_label(n)}", _drop_loop(lambda n, z=on.zeros: z(n, u8), n),
+            _drop_loop(lambda n, z=off.zeros: z(n, u8), n))
+           for n in (64, 1 << 10, 16 << 10, 256 << 10, 4 << 20)]
+    ops.append(("alloc 64 B", _drop_loop(on.alloc, 64), _drop_loop(off.alloc, 64)))
+    for n in (64, 1 << 10):
+        ops.append((f"C-level pair {_label(n)}",
+                    lambda reps, n=n: _cbench.pair_ns("pyarena", n, reps, on) * reps,
+                    lambda reps, n=n: _cbench.pair_ns("pyarena", n, reps, off) * reps))
+    prog = Progress(len(ops) + (3 if quick else 7), progress)
+    for name, run_on, run_off in ops:
+        prog.step(f"profiling {name}")
+        a, b = _cell(run_on, run_off, rounds, budget)
+        cells.append(dict(op=name, on_ns=a, off_ns=b, ratio=a / b))
+    reps = 4 if quick else 16
+    t_on, t_off = [], []
+    for _ in range(3 if quick else 7):
+        prog.step("profiling NumPy handler workload")
+        t_on.append(_workload_once("pyarena", reps)["seconds"])
+        t_off.append(_workload_once("pyarena-noprofile", reps)["seconds"])
+    prog.close()
+    on.close()
+    off.close()
+    return dict(rounds=rounds, rate=pyarena.MEM_PROFILE_RATE, cells=cells,
+                handler_on_s=statistics.median(t_on), handler_off_s=statistics.median(t_off))
+
+
+def format_profiling(pr: dict) -> list[str]:
+    out = ["", f"heap profiling at {pr['rate'] // 1024} KiB (the default) vs off, "
+           f"medians of {pr['rounds']} interleaved rounds:",
+           f"{'operation':>20} | {'on':>9} {'off':>9} {'on/off':>6}"]
+    for c in pr["cells"]:
+        out.append(f"{c['op']:>20} | {_fmt_ns(c['on_ns']):>9} {_fmt_ns(c['off_ns']):>9}"
+                   f" {c['ratio']:6.3f}")
+    out.append(f"{'NumPy handler work':>20} | {pr['handler_on_s']:8.3f}s {pr['handler_off_s']:8.3f}s"
+               f" {pr['handler_on_s'] / pr['handler_off_s']:6.3f}")
+    return out
+
+
 def format_tables(results: dict) -> list[str]:
     out = []
     cl = results.get("c_level")
@@ -154,6 +210,8 @@ def format_tables(results: dict) -> list[str]:
                 f"{nh['pyarena_rss_kib'] / nh['numpy_rss_kib']:.2f})"]
     if results.get("arena"):
         out += format_arena(results["arena"])
+    if results.get("profiling"):
+        out += format_profiling(results["profiling"])
     return out
 
 

@@ -226,10 +226,23 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
     if pa_addu8(&s.tinyRefs[idx], -1) == 0:
         if s.nsampled:
             profilefree(h, s, s.startAddr + idx * s.elemsize)
+            reown(h, s, TINY_SIZE_CLASS)
         countFree(h, c, TINY_SIZE_CLASS, TINY_SIZE)
         freeSlotAny(h, s, <unsigned int>idx)
     else:
         countFree(h, c, TINY_SIZE_CLASS, 0)
+
+
+cdef inline void reown(mheap* h, mspan* s, int cls) noexcept nogil:
+    """A sampled object of s was freed: if that was its span's last and the
+    caller's cache is allocating from s, the span's frees by the caller are
+    local again (a sample took them out of line: _mprof). Only the owner
+    writes ownerThread of a cached span, and another thread compares it
+    with its own thread pointer, which neither value is, so the store needs
+    no lock; nsampled goes up only in the owner, so a 0 read here stays."""
+    cdef mcache* c = peekmcache(h)
+    if c != NULL and c.alloc[cls] == s and pa_load32(&s.nsampled) == 0:
+        s.ownerThread = c.owner
 
 
 cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil:
@@ -241,6 +254,7 @@ cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept
         # Before the slot is free: once it is, it may be handed out (and
         # sampled) again.
         profilefree(h, s, p)
+        reown(h, s, cls)
     if not freeSlot(h, s, idx):
         badFree(h, p, FREE_NOT_ALLOCATED)
         return

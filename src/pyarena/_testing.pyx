@@ -46,7 +46,7 @@ cdef dict spanDict(mspan* s):
         list=LISTS.get(s.list, s.list), alloc_cache=s.allocCache,
         alloc_bits=bits(s.allocBits, s.nelems),
         free_bits=bits(s.freeBits, s.nelems) | bits(s.localFreeBits, s.nelems),
-        tiny=s.tinyRefs != NULL)
+        tiny=s.tinyRefs != NULL, owned=s.ownerThread != 0, nsampled=s.nsampled)
 
 
 cdef mheap* heapOf(Heap heap) except NULL:
