@@ -562,7 +562,7 @@ class HeapProfile:
         lines = [f"Heap profile: {by}, {_rate_text(self.rate)}"]
         if total == 0:
             lines.append(f"no {by} in this profile")
-            return "\n".join(lines) + "\n"
+            return "\n".join(lines)
         lines.append(f"Showing top {len(shown)} of {len(rows)} sites, {fmt(shown_total)} "
                      f"({_pct(shown_total, total)}) of {fmt(total)} total")
         cells = [(fmt(flat[fr]), _pct(flat[fr], total), fmt(cum[fr]), _pct(cum[fr], total),
@@ -574,7 +574,7 @@ class HeapProfile:
             running += flat[fr]
             lines.append(f"{c[0]:>{wv}} {c[1]:>7} {_pct(running, total):>7} {c[2]:>{wv}} "
                          f"{c[3]:>7}  {c[4]}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines)
 
     def folded(self, by: str = "inuse_space") -> str:
         """Folded stacks for flame graphs: one ``root;...;leaf value`` line
