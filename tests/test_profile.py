@@ -157,14 +157,19 @@ def test_rates_0_and_1_draw_no_interval_and_every_allocation():
 
 def test_profiling_is_on_at_512_KiB_by_default():
     assert pyarena.Heap().profile_rate == 512 * KiB == pyarena.MEM_PROFILE_RATE
+    assert pyarena.Heap(profile_rate=None).profile_rate == 512 * KiB
     assert pyarena.Heap(profile_rate=0).profile_rate == 0
+    # A debug heap records every stack unless told otherwise.
+    assert pyarena.Heap(debug=True).profile_rate == 1
+    assert pyarena.Heap(debug=True, profile_rate=4096).profile_rate == 4096
 
 
 @pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1 << 63, ValueError), (1.5, TypeError),
                                       ("8", TypeError), (True, TypeError), (None, TypeError)])
 def test_bad_profile_rates_are_refused_and_change_nothing(bad, exc):
-    with pytest.raises(exc):
-        pyarena.Heap(profile_rate=bad)
+    if bad is not None:         # None is the constructor's default: the heap's own rate
+        with pytest.raises(exc):
+            pyarena.Heap(profile_rate=bad)
     h = pyarena.Heap(profile_rate=4096)
     with pytest.raises(exc):
         h.profile_rate = bad

@@ -84,9 +84,11 @@ class Live:
 
 
 class HeapMachine(RuleBasedStateMachine):
+    DEBUG = False       # DebugHeapMachine: the same sequences on a debug heap
+
     def __init__(self):
         super().__init__()
-        self.heap = pyarena.Heap()
+        self.heap = pyarena.Heap(debug=self.DEBUG)
         self.other = OTHER_HEAP      # owns none of this heap's memory
         self.live: list[Live] = []
         self.freed: list[tuple[int, int]] = []  # (address, nbytes), recent
@@ -111,7 +113,17 @@ class HeapMachine(RuleBasedStateMachine):
         data = bytearray(mv)
         if zero:
             assert data.count(0) == nbytes, "zero=True block is not zeroed"
-        tiny = nbytes > 0 and nbytes < 16 and align is None
+        tiny = nbytes > 0 and nbytes < 16 and align is None and not self.DEBUG
+        if self.DEBUG and nbytes:
+            # A slot with room for the redzone; uninitialised memory shows
+            # the fresh pattern; no tiny values.
+            assert b.slot_size >= nbytes + pyarena.redzone_size(nbytes)
+            if not zero:
+                assert data == b"\xcd" * nbytes, "a debug heap's fresh memory is 0xCD"
+            if align is not None:
+                assert b.address % align == 0
+            self.live.append(Live(b, data, align, False))
+            return b
         if nbytes == 0:
             assert b.slot_size == 0 and b.size_class == 0
             if self.zerobase is None:
@@ -284,6 +296,7 @@ class HeapMachine(RuleBasedStateMachine):
     @invariant()
     def heap_checks(self):
         _testing.check_heap(self.heap)
+        assert self.heap.check() == len([e for e in self.live if e.block.nbytes]) or not self.DEBUG
 
     def teardown(self):
         self.live.clear()
@@ -302,3 +315,19 @@ HeapMachine.TestCase.settings = settings(
 )
 
 TestHeapMachine = HeapMachine.TestCase
+
+
+class DebugHeapMachine(HeapMachine):
+    """HeapMachine on a debug heap: every step's check() also walks every
+    redzone and freed slot, and must find nothing."""
+    DEBUG = True
+
+
+DebugHeapMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+TestDebugHeapMachine = DebugHeapMachine.TestCase

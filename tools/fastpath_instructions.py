@@ -34,6 +34,8 @@ OPS = {
     "pyarena.zeros": ("z = pyarena.zeros; f8 = np.float64", "for _ in range(n): z(1, f8)"),
     "pyarena.empty": ("z = pyarena.empty; f8 = np.float64", "for _ in range(n): z(1, f8)"),
     "Heap.zeros": ("z = pyarena.Heap().zeros; f8 = np.float64", "for _ in range(n): z(1, f8)"),
+    "Heap.zeros8u8": ("z = pyarena.Heap().zeros; u8 = np.dtype(np.uint8)", "for _ in range(n): z(8, u8)"),
+    "numpy.zeros8u8": ("z = np.zeros; u8 = np.dtype(np.uint8)", "for _ in range(n): z(8, u8)"),
     "Heap.alloc64": ("a = pyarena.Heap().alloc", "for _ in range(n): a(64)"),
     "bytearray64": ("a = bytearray", "for _ in range(n): a(64)"),
     "loop": ("f8 = np.float64", "for _ in range(n): pass"),

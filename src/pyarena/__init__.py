@@ -23,6 +23,7 @@ from pyarena._sizeclasses import (
 from pyarena._mstats import MemStats, SizeClassStats
 from pyarena._face import Allocator, Block
 from pyarena._mcheck import HeapCorruptionError, HeapProblem
+from pyarena._mdebug import HeapCorruptionWarning, redzone_size
 from pyarena._heap import (
     Heap, alloc, default_heap, release, stats,
     zeros, empty, full, zeros_like, empty_like, full_like,
@@ -52,11 +53,11 @@ def get_include() -> str:
     return os.path.dirname(os.path.abspath(__file__))
 
 __all__ = [
-    "Allocator", "Block", "Heap", "HeapCorruptionError", "HeapProblem", "MemStats", "SizeClass", "SizeClassStats",
+    "Allocator", "Block", "Heap", "HeapCorruptionError", "HeapCorruptionWarning", "HeapProblem", "MemStats", "SizeClass", "SizeClassStats",
     "alloc", "default_heap", "zeros", "empty", "full", "zeros_like", "empty_like",
     "full_like", "numpy_allocator", "install_numpy_allocator", "uninstall_numpy_allocator",
     "tune_malloc", "HeapProfile", "HeapSample", "Frame", "MEM_PROFILE_RATE", "tracemalloc_domain",
-    "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes",
+    "get_include", "Arena", "ArenaStats", "reflect", "release", "stats", "size_class", "size_classes", "redzone_size",
     "PAGE_SIZE", "MAX_SMALL_SIZE", "NUM_SIZE_CLASSES",
     "PHYS_PAGE_SIZE", "PHYS_HUGE_PAGE_SIZE", "PHYS_HUGE_PAGE_SHIFT",
 ]

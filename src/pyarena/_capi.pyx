@@ -32,9 +32,10 @@ from pyarena._mspan cimport nextFreeFast
 from pyarena._mprof cimport countdown, mallocEventP
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLargeNogil, liveObject,
-                              clearSlot, mallocSmallSlow,
+                              clearSlot, mallocSmallSlow, debugMalloc,
                               badRealloc, FREE_NOT_OBJECT_START, FREE_NOT_ALLOCATED,
                               FREE_NOT_IN_HEAP)
+from pyarena._mdebug cimport redzoneSizeOf
 from pyarena._mheap cimport spanOf
 from pyarena._ndarray cimport PyDataMem_Handler
 
@@ -58,6 +59,8 @@ cdef uintptr_t heapMallocSlow(mheap* h, size_t size, bint zero) noexcept nogil:
     c = getmcache(h)
     if c == NULL:
         return 0
+    if h.debug:
+        return debugMalloc(h, c, size, 16, zero, &cls, &p)
     p = mallocgc(c, size, 16, zero, &cls, &large)
     if large != NULL:
         clearLargeNogil(h, large, size)
@@ -93,8 +96,14 @@ cdef inline uintptr_t heapMalloc(mheap* h, size_t size, bint zero) noexcept nogi
 
 cdef size_t usableSize(mheap* h, uintptr_t p) noexcept nogil:
     cdef uintptr_t start, size
+    cdef size_t n
     if p == 0 or p == ZEROBASE or liveObject(h, p, &start, &size) == NULL:
         return 0
+    if h.debug:
+        # Up to the redzone, not into it.
+        if not redzoneSizeOf(start, size, &n) or p - start >= n:
+            return 0
+        return start + n - p
     return start + size - p
 
 
@@ -117,7 +126,12 @@ cdef void* heapRealloc(mheap* h, void* p, size_t size) noexcept nogil:
         badRealloc(h, <uintptr_t>p, FREE_NOT_OBJECT_START)
         return NULL
     old = slot
-    if size <= old and size > old // 2:
+    if h.debug:
+        # Always moved: the new object gets its own redzone, the old one
+        # its check at the free. Its contents end where its redzone starts.
+        if not redzoneSizeOf(start, slot, &old):
+            old = 0
+    elif size <= old and size > old // 2:
         return p
     q = <void*>heapMalloc(h, size, False)
     if q == NULL:

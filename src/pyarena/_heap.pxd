@@ -1,5 +1,6 @@
 # The Heap: a pyarena allocator over an mheap of its own. See _heap.pyx.
 from pyarena._types cimport mheap, mcache, pyarena_allocator
+from pyarena._face cimport placement
 from pyarena._face cimport Allocator
 
 cdef class Heap(Allocator):
@@ -13,3 +14,7 @@ cdef class Heap(Allocator):
 
     cdef void _destroy(self)
     cdef object _stats(self)
+    cdef object _placeDebug(self, mcache* c, size_t nbytes, size_t align, bint zero,
+                            placement* pl)
+    cdef bint _pendingFindings(self) noexcept
+    cdef int _raiseFindings(self) except -1

@@ -27,7 +27,8 @@ from pyarena._mcache cimport (registerHeap, releaseHeap, getmcacheGIL, peekmcach
                               dropLargeSpare)
 from pyarena._mcentral cimport releaseSpares
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, liveObject,
-                              dropUserArenaChunks)
+                              dropUserArenaChunks, debugMalloc)
+from pyarena._mdebug cimport dbgTake
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._capi cimport (initAllocator, closedAllocator, newHandlerCapsule,
                             installProcessHeap, setProcessHeap)
@@ -43,6 +44,7 @@ from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
 from pyarena._mstats import MemStats, SizeClassStats
+from pyarena._mcheck import HeapCorruptionError, HeapProblem
 
 import numpy as np
 
@@ -91,10 +93,31 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self, *, profile_rate=MEM_PROFILE_RATE):
+    def __init__(self, *, profile_rate=None, debug=False):
         # Options are keywords; an unknown one is a TypeError, as in any
-        # Python constructor.
+        # Python constructor. Both are converted before the heap changes.
+        cdef mheap* h = self.h
+        if isinstance(debug, bool) or (isinstance(debug, int) and debug in (0, 1)):
+            dbg = bool(debug)
+        else:
+            raise TypeError(f"debug must be a bool, not {type(debug).__name__}")
+        if profile_rate is None:
+            # A debug heap records every allocation's stack, for its reports.
+            profile_rate = 1 if dbg else MEM_PROFILE_RATE
+        if h == NULL:
+            raise ValueError("the heap is closed")
+        if dbg != <bint>h.debug:
+            if h.caches != NULL or h.pagesInUse:
+                raise ValueError("debug is chosen when a heap is made, before it allocates")
+            h.debug = dbg
         self.profile_rate = profile_rate
+
+    @property
+    def debug(self):
+        """Whether this is a debug heap: redzones after every object, fill
+        patterns, and reports of overflows, writes after free and bad frees
+        (see the user guide's "Debugging memory errors")."""
+        return self.h != NULL and <bint>self.h.debug
 
     def __dealloc__(self):
         self._destroy()
@@ -144,6 +167,8 @@ cdef class Heap(Allocator):
             # which may run a collection, whose finalizers may close this
             # heap: look again before using it.
             raise ValueError("allocation from a closed heap")
+        if h.debug:
+            return self._placeDebug(c, nbytes, align, zero, pl)
         p = mallocgc(c, nbytes, align, zero, &cls, &large)
         if p == 0:
             return None
@@ -161,6 +186,43 @@ cdef class Heap(Allocator):
             pl.slot = pyarena_class_to_size[cls]
             pl.tiny = nbytes < TINY_SIZE and align == 0
         return self
+
+    cdef object _placeDebug(self, mcache* c, size_t nbytes, size_t align, bint zero,
+                            placement* pl):
+        """_place on a debug heap: what its earlier frees found is raised
+        first; then the object, in a slot with a redzone (_mdebug); if its
+        slot was written after its last free, the object is given back and
+        that is raised."""
+        cdef mheap* h = self.h
+        cdef uintptr_t p, slot
+        cdef int cls
+        self._raiseFindings()
+        p = debugMalloc(h, c, nbytes, align, zero, &cls, &slot)
+        if p == 0:
+            return None
+        if self._pendingFindings():
+            freeObject(h, p, False)
+            self._raiseFindings()
+        pl.addr = p
+        pl.sizeclass = cls
+        pl.slot = slot
+        pl.tiny = False
+        return self
+
+    cdef bint _pendingFindings(self) noexcept:
+        return self.h.dbgNFindings != self.h.dbgTaken
+
+    cdef int _raiseFindings(self) except -1:
+        """Raise HeapCorruptionError for a debug heap's findings not yet
+        handed to Python (its frees cannot raise: they run in deallocators
+        and C code)."""
+        if self.h == NULL or not self.h.debug or not self._pendingFindings():
+            return 0
+        found = dbgTake(self.h)
+        if found:
+            raise HeapCorruptionError([HeapProblem(k, a, n) for k, a, n, _ in found],
+                                      [m for _, _, _, m in found])
+        return 0
 
     cdef bint _ownsRange(self, uintptr_t lo, uintptr_t hi) except -1:
         cdef uintptr_t start, size
@@ -237,6 +299,7 @@ cdef class Heap(Allocator):
         pa_unlock(&h.lock)
         cdef uint64_t sweeps = pa_load64(&h.nsweeps)
         cdef uint64_t invalid = pa_load64(&h.invalidFrees)
+        cdef uint64_t corruptions = pa_load64(&h.corruptions)
         by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
                          for i in range(NUM_SIZE_CLASSES)])
         return MemStats(
@@ -253,6 +316,7 @@ cdef class Heap(Allocator):
             persistent_chunks=chunks,
             sweeps=sweeps,
             invalid_frees=invalid,
+            corruptions=corruptions,
             by_size=by_size,
         )
 
@@ -281,7 +345,20 @@ cdef class Heap(Allocator):
         """
         if self.h == NULL:
             return 0
-        return checkHeap(self.h)
+        if not self.h.debug:
+            return checkHeap(self.h)
+        # A debug heap: what its frees and allocations found since the last
+        # look, then the walk (which adds redzones and freed slots).
+        found = dbgTake(self.h)
+        pending = [HeapProblem(k, a, n) for k, a, n, _ in found]
+        notes = [m for _, _, _, m in found]
+        try:
+            counted = checkHeap(self.h)
+        except HeapCorruptionError as e:
+            raise HeapCorruptionError(pending + e.problems, notes) from None
+        if pending:
+            raise HeapCorruptionError(pending, notes)
+        return counted
 
     @property
     def profile_rate(self):
@@ -433,17 +510,30 @@ def default_heap():
     if _default is None or _default._closed:
         # A closed default heap is replaced: module-level allocation keeps
         # working, and the old heap lives on for the blocks it still has.
-        _default = Heap(profile_rate=_envProfileRate())
+        _default = Heap(profile_rate=_envProfileRate(), debug=_envDebug())
     return _default
+
+
+def _envDebug():
+    """PYARENA_DEBUG=1 makes the default heap a debug heap (0 or unset: not),
+    as PYTHONMALLOC=debug does for Python's allocator."""
+    import os
+    text = os.environ.get("PYARENA_DEBUG", "").strip()
+    if text in ("", "0"):
+        return False
+    if text == "1":
+        return True
+    raise ValueError(f"PYARENA_DEBUG must be 0 or 1, got {text!r}")
 
 
 def _envProfileRate():
     """PYARENA_MEMPROFILERATE (Go's MemProfileRate, set from outside): the
-    default heap's profile rate; 512 KiB without it."""
+    default heap's profile rate; the heap's default without it (512 KiB, or
+    every allocation on a debug heap)."""
     import os
     text = os.environ.get("PYARENA_MEMPROFILERATE")
     if text is None or text.strip() == "":
-        return MEM_PROFILE_RATE
+        return None
     try:
         rate = int(text, 0)
     except ValueError:

@@ -27,6 +27,8 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil
 cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil
 cdef void badFree(mheap* h, uintptr_t p, int why) noexcept nogil
 cdef void badRealloc(mheap* h, uintptr_t p, int why) noexcept nogil
+cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zero,
+                           int* cls, uintptr_t* slot) noexcept nogil
 
 # freeObject results
 cdef enum:

@@ -60,7 +60,7 @@ in Go; a block lives until every value carved from it has died. Zero-size
 allocations all return one address, zerobase.
 """
 
-from libc.stdint cimport uintptr_t, uint64_t
+from libc.stdint cimport uintptr_t, uint64_t, intptr_t
 from libc.string cimport memset
 cdef extern from "Python.h":
     # Without Cython's exception check, so that the clear can note how far
@@ -68,14 +68,18 @@ cdef extern from "Python.h":
     int PyErr_CheckSignals() noexcept
 from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, pa_or64, pa_load8, pa_load32, pa_store16, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
-                             CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES)
+                             CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES, MAX_ALLOC,
+                             pa_lock, pa_unlock)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
     freeSlotLocal
 from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache,
                               keepLargeSpare)
 from pyarena._mcentral cimport freeSlot
-from pyarena._mprof cimport countAlloc, profilefree
+from pyarena._mprof cimport countAlloc, profilefree, sampleOf
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
+from pyarena._mdebug cimport (redzoneSize, armRedzone, redzoneDamage, freedDamage, poisonFreed,
+                              dbgRecord, dbgWarn, FRESH_BYTE, DBG_REDZONE, DBG_FREED_WRITTEN,
+                              DBG_BAD_FREE, DBG_DOUBLE_FREE)
 
 
 import warnings
@@ -205,6 +209,9 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
         if p != s.startAddr:
             badFree(h, p, FREE_NOT_OBJECT_START)
             return
+        if h.debug:
+            freeLargeDebug(h, s, p, c)
+            return
         # freeBits bit 0 marks a large object freed: two racing frees of
         # it cannot both pass.
         if pa_or64(&s.freeBits[0], 1) & 1:
@@ -241,7 +248,7 @@ cdef inline void reown(mheap* h, mspan* s, int cls) noexcept nogil:
     with its own thread pointer, which neither value is, so the store needs
     no lock; nsampled goes up only in the owner, so a 0 read here stays."""
     cdef mcache* c = peekmcache(h)
-    if c != NULL and c.alloc[cls] == s and pa_load32(&s.nsampled) == 0:
+    if c != NULL and c.alloc[cls] == s and pa_load32(&s.nsampled) == 0 and not h.debug:
         s.ownerThread = c.owner
 
 
@@ -250,6 +257,9 @@ cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept
     from: atomically (freeSlot), counted in its cache or the heap."""
     cdef int cls = s.sizeclass
     cdef uintptr_t size = s.elemsize
+    if h.debug:
+        freeSmallDebug(h, s, p, idx)
+        return
     if s.nsampled:
         # Before the slot is free: once it is, it may be handed out (and
         # sampled) again.
@@ -275,7 +285,22 @@ cdef void badRealloc(mheap* h, uintptr_t p, int why) noexcept nogil:
 
 
 cdef void reportBad(mheap* h, uintptr_t p, int why, bint realloc) noexcept nogil:
+    cdef mspan* s
+    cdef uintptr_t slot = 0, start = 0
+    cdef int kind
     pa_add64(&h.invalidFrees, 1)
+    if h.debug:
+        # Both addresses: the pointer, and the slot it falls in.
+        s = spanOf(h, p)
+        if s != NULL:
+            slot = s.elemsize if s.sizeclass else s.npages << PAGE_SHIFT
+            start = s.startAddr + objIndex(s, p) * s.elemsize if s.sizeclass else s.startAddr
+        kind = DBG_DOUBLE_FREE if why == FREE_NOT_ALLOCATED else DBG_BAD_FREE
+        pa_lock(&h.dbgLock)
+        dbgRecord(h, kind, p, slot, -1, start, NULL)
+        pa_unlock(&h.dbgLock)
+        dbgWarn(h, kind, p, slot, -1, start, NULL)
+        return
     with gil:
         what = {FREE_NOT_IN_HEAP: "not in this heap",
                 FREE_NOT_OBJECT_START: "not the start of an allocation",
@@ -415,6 +440,7 @@ cdef mspan* allocUserArenaChunk(mheap* h, mcache* c, uintptr_t npages,
     s = allocLarge(c, npages)
     if s == NULL:
         return NULL
+    s.redzones = 0          # a chunk has none, even on a debug heap's old span
     # A large spare's pages are all dirty (freshindex 1); a fresh span's
     # scav bits are exact.
     dirtyEnd[0] = s.startAddr + (npages << PAGE_SHIFT) if s.freshindex else s.startAddr
@@ -437,3 +463,115 @@ cdef void dropUserArenaChunks(mheap* h) noexcept nogil:
     while h.npool:
         h.npool -= 1
         freeObject(h, h.chunkPool[h.npool].startAddr, False)
+
+
+# ---------------------------------------------------------------------------
+# The debug heap (_mdebug): its allocation and its frees. A debug heap's
+# every allocation comes here (its caches are never in the fast lookup
+# slots) and every free (its spans have no owner thread).
+
+cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zero,
+                           int* cls, uintptr_t* slot) noexcept nogil:
+    """mallocgc for a debug heap: n > 0 bytes in a slot with a redzone after
+    them (*slot: the slot's size), zeroed or filled with FRESH_BYTE; a
+    reused small slot must still hold the freed pattern. The object is
+    ready: no clear is left to the caller (a large one is cleared here,
+    without looking at signals). 0 without memory."""
+    cdef size_t rz = redzoneSize(n)
+    cdef mspan* large = NULL
+    cdef mspan* s
+    cdef uintptr_t p
+    cdef intptr_t off = -1
+    if n > MAX_ALLOC - rz:
+        return 0
+    pa_lock(&h.dbgLock)
+    p = mallocgc(c, n + rz, align, False, cls, &large)
+    if p == 0:
+        pa_unlock(&h.dbgLock)
+        return 0
+    if large != NULL:
+        s = large
+        slot[0] = s.npages << PAGE_SHIFT
+        # The clear works in whole pages: before the redzone is armed.
+        if zero:
+            clearLargeNogil(h, s, n)
+        else:
+            memset(<void*>p, FRESH_BYTE, n)
+    else:
+        s = spanOf(h, p)
+        slot[0] = s.elemsize
+        # Below freshindex a free slot held an object: it was freed here,
+        # so it must hold the freed pattern still.
+        if s.redzones and objIndex(s, p) < s.freshindex:
+            off = freedDamage(p, slot[0])
+            if off >= 0:
+                dbgRecord(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)
+        memset(<void*>p, 0 if zero else FRESH_BYTE, n)
+    s.redzones = 1
+    armRedzone(p, n, slot[0])
+    pa_unlock(&h.dbgLock)
+    if off >= 0:
+        dbgWarn(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)
+    return p
+
+
+cdef void freeSmallDebug(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil:
+    """freeRemote for a debug heap: the redzone checked, the slot filled
+    with the freed pattern, then freed, all under the debug lock."""
+    cdef int cls = s.sizeclass
+    cdef uintptr_t size = s.elemsize
+    cdef size_t n = 0
+    cdef intptr_t off = -1
+    cdef void* bucket = NULL
+    cdef bint ok
+    pa_lock(&h.dbgLock)
+    if isFreed(s, idx):
+        pa_unlock(&h.dbgLock)
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
+    if s.redzones:
+        off = redzoneDamage(p, size, &n)
+        if off >= 0:
+            bucket = sampleOf(h, p)
+            dbgRecord(h, DBG_REDZONE, p, n, off, 0, bucket)
+        poisonFreed(p, size)
+    if s.nsampled:
+        profilefree(h, s, p)
+    ok = freeSlot(h, s, idx)
+    pa_unlock(&h.dbgLock)
+    if not ok:
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
+    countFree(h, peekmcache(h), cls, size)
+    if off >= 0:
+        dbgWarn(h, DBG_REDZONE, p, n, off, 0, bucket)
+
+
+cdef void freeLargeDebug(mheap* h, mspan* s, uintptr_t p, mcache* c) noexcept nogil:
+    """freeOther's large case for a debug heap (see freeSmallDebug)."""
+    cdef uintptr_t slot = s.npages << PAGE_SHIFT
+    cdef size_t n = 0
+    cdef intptr_t off = -1
+    cdef void* bucket = NULL
+    pa_lock(&h.dbgLock)
+    if pa_or64(&s.freeBits[0], 1) & 1:
+        pa_unlock(&h.dbgLock)
+        badFree(h, p, FREE_NOT_ALLOCATED)
+        return
+    if s.redzones:
+        off = redzoneDamage(p, slot, &n)
+        if off >= 0:
+            bucket = sampleOf(h, p)
+            dbgRecord(h, DBG_REDZONE, p, n, off, 0, bucket)
+        poisonFreed(p, slot)
+    s.allocCount = 0
+    if s.nsampled:
+        profilefree(h, s, p)
+    countFree(h, c, 0, s.elemsize)
+    if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
+        keepLargeSpare(c, s)
+    else:
+        freeSpan(h, s)
+    pa_unlock(&h.dbgLock)
+    if off >= 0:
+        dbgWarn(h, DBG_REDZONE, p, n, off, 0, bucket)

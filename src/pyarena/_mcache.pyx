@@ -392,7 +392,8 @@ cdef mcache* findmcache(mheap* h) noexcept nogil:
     while n != NULL:
         if n.serial == h.serial:
             c = <mcache*>n.cache
-            storeRelaxed(<void**>&h.tcache[tcacheSlot(c.owner)], c, RELAXED)
+            if not h.debug:         # see getmcacheSlow
+                storeRelaxed(<void**>&h.tcache[tcacheSlot(c.owner)], c, RELAXED)
             return c
         n = n.next
     return NULL
@@ -422,7 +423,11 @@ cdef mcache* getmcacheSlow(mheap* h) noexcept nogil:
     pthread_setspecific(_exitKey, <void*>1)
     tls_nodes = n
     pruneDead()
-    storeRelaxed(<void**>&h.tcache[tcacheSlot(c.owner)], c, RELAXED)
+    # A debug heap's caches stay out of the lookup slots: every allocation
+    # misses there and takes the slow path, where the debug heap is
+    # (_mdebug), so the fast paths test nothing for it.
+    if not h.debug:
+        storeRelaxed(<void**>&h.tcache[tcacheSlot(c.owner)], c, RELAXED)
     return c
 
 
@@ -493,7 +498,7 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
             sweep(s)
             pa_add64(&c.heap.nsweeps, 1)
             if s.allocCount < s.nelems:
-                if pa_load32(&s.nsampled) == 0:
+                if pa_load32(&s.nsampled) == 0 and not c.heap.debug:
                     s.ownerThread = c.owner     # its samples died: local frees again
                 return s
         uncacheSpan(c.heap, s)
@@ -502,8 +507,9 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     if s == NULL:
         return NULL
     s.cache = c
-    # A span with sampled objects alive is freed into out of line (_mprof).
-    s.ownerThread = c.owner if pa_load32(&s.nsampled) == 0 else 0
+    # A span with sampled objects alive is freed into out of line (_mprof),
+    # and so is every span of a debug heap (_mdebug).
+    s.ownerThread = c.owner if pa_load32(&s.nsampled) == 0 and not c.heap.debug else 0
     c.alloc[sizeclass] = s
     return s
 

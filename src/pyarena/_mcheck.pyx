@@ -18,6 +18,7 @@ What is checked, with the module whose invariant it is:
   _mcache  the spare pages (central spares, large spares) add up.
   counts   live objects found (tiny values by their block's count) equal
            mallocs - frees.
+  _mdebug  on a debug heap: redzones intact, freed slots unwritten.
 
 The walk never follows a span pointer it has not checked lies in the
 heap's metadata (persistent chunks), so damaged metadata gives a finding,
@@ -26,8 +27,8 @@ allocator's order) while it reads; spans that another thread's cache is
 allocating from at that moment change without locks and are checked only
 for what their owner cannot change under us, and the count identities are
 checked only when no other thread has a cache of the heap (they are exact
-only then). The debug heap (issue on debug heaps) adds redzones and freed
-patterns to this walk.
+only then). On a debug heap (_mdebug) it also checks every live object's
+redzone and every freed slot's pattern, holding the debug lock first.
 """
 
 from libc.stdint cimport uint64_t, uintptr_t, int32_t
@@ -42,6 +43,7 @@ from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanIn
 from pyarena._mspan cimport popcount64, ctz64, objIndex
 from pyarena._mheap cimport spanOf, arenaOf
 from pyarena._mcache cimport threadSelf
+from pyarena._mdebug cimport redzoneDamage, freedDamage
 
 from collections import namedtuple
 
@@ -66,15 +68,21 @@ def _describe(p):
 
 
 class HeapCorruptionError(RuntimeError):
-    """``Heap.check()`` found the heap damaged. ``problems`` lists each
-    finding as a ``HeapProblem`` (kind, address, size)."""
+    """``Heap.check()`` found the heap damaged, or a debug heap found an
+    overflow, a write after free or a bad free. ``problems`` lists each
+    finding as a ``HeapProblem`` (kind, address, size); ``notes`` holds a
+    debug heap's full reports of them (offsets, allocation stacks)."""
 
-    def __init__(self, problems):
+    def __init__(self, problems, notes=()):
         self.problems = list(problems)
+        self.notes = list(notes)
         shown = "; ".join(_describe(p) for p in self.problems[:5])
         more = f" and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
-        super().__init__(f"pyarena heap corrupted: {len(self.problems)} "
-                         f"problem{'s' if len(self.problems) != 1 else ''}: {shown}{more}")
+        text = (f"pyarena heap corrupted: {len(self.problems)} "
+                f"problem{'s' if len(self.problems) != 1 else ''}: {shown}{more}")
+        if self.notes:
+            text += "\n" + "\n".join(self.notes[:5])
+        super().__init__(text)
 
 
 cdef enum:
@@ -96,12 +104,15 @@ cdef enum:
     P_PAGES_SPARE
     P_OBJECTS              # live objects found != mallocs - frees
     P_FREEINDEX            # freeindex past nelems
+    P_REDZONE              # debug heap: a live object's redzone damaged
+    P_FREED_WRITTEN        # debug heap: a freed slot's pattern changed
     NKINDS
 
 KIND_NAMES = ("bad-span-record", "spans-index", "free-run", "free-runs-touch",
               "free-run-overlap", "alloc-count", "free-bits", "nfreed", "alloc-cache",
               "span-list", "empty-span-kept", "large-span", "pages-inuse", "pages-mapped",
-              "pages-released", "pages-spare", "objects", "freeindex")
+              "pages-released", "pages-spare", "objects", "freeindex", "redzone",
+              "freed-slot-written")
 
 cdef struct problem:
     int kind
@@ -288,6 +299,38 @@ cdef void checkLargeSpan(checker* k, mspan* s) noexcept nogil:
     k.objects += 1
 
 
+cdef void checkRedzones(checker* k, mspan* s) noexcept nogil:
+    """A debug heap's span (_mdebug): every live object's redzone intact,
+    every freed slot still holding the freed pattern. Exact, since the
+    caller holds the debug lock that every debug allocation and free
+    takes: no object is half made or half freed. A span whose record is
+    damaged (reported by the span checks) is not read."""
+    cdef unsigned int n = s.nelems, fi = s.freeindex, i
+    cdef uintptr_t slot = s.elemsize, p
+    cdef size_t size
+    cdef bint allocated, freed
+    if s.sizeclass == 0:
+        if s.elemsize == s.npages << PAGE_SHIFT and s.allocCount == 1 and \
+                not (pa_load64(&s.freeBits[0]) & 1) and s.list != inSpare:
+            if redzoneDamage(s.startAddr, slot, &size) >= 0:
+                report(k, P_REDZONE, s.startAddr, size)
+        return
+    if s.sizeclass >= NUM_SIZE_CLASSES or n == 0 or n > BITMAP_WORDS * 64 or \
+            n != pyarena_class_to_nelems[s.sizeclass] or \
+            slot != pyarena_class_to_size[s.sizeclass] or fi > n:
+        return
+    for i in range(n):
+        p = s.startAddr + i * slot
+        allocated = i < fi or (s.allocBits[i >> 6] >> (i & 63)) & 1
+        freed = ((pa_load64(&s.freeBits[i >> 6]) | s.localFreeBits[i >> 6]) >> (i & 63)) & 1
+        if allocated and not freed:
+            if redzoneDamage(p, slot, &size) >= 0:
+                report(k, P_REDZONE, p, size)
+        elif freed or i < s.freshindex:
+            if freedDamage(p, slot) >= 0:
+                report(k, P_FREED_WRITTEN, p, slot)
+
+
 cdef void walk(checker* k) noexcept nogil:
     cdef mheap* h = k.h
     cdef heapArena* ha
@@ -387,6 +430,8 @@ cdef void walk(checker* k) noexcept nogil:
                 checkLargeSpan(k, s)
             else:
                 checkSmallSpan(k, s)
+            if h.debug and s.redzones:
+                checkRedzones(k, s)
         ha = ha.next
         ri = 0
     free(runs)
@@ -442,6 +487,8 @@ cdef object checkHeap(mheap* h):
     k.metaLo = k.metaHi = 0
     k.objects = 0
     k.sparePages = 0
+    if h.debug:
+        pa_lock(&h.dbgLock)       # before every other lock (_mdebug)
     for i in range(NUM_SIZE_CLASSES):
         pa_lock(&h.central[i].lock)
     pa_lock(&h.lock)
@@ -460,6 +507,8 @@ cdef object checkHeap(mheap* h):
     pa_unlock(&h.lock)
     for i in range(NUM_SIZE_CLASSES - 1, -1, -1):
         pa_unlock(&h.central[i].lock)
+    if h.debug:
+        pa_unlock(&h.dbgLock)
     if k.nprobs == 0:
         free(k.probs)
         return k.objects

@@ -69,6 +69,7 @@ cdef mheap* mheap_new() noexcept nogil:
         return NULL
     h.refs = 1
     pa_mutex_init(&h.lock)
+    pa_mutex_init(&h.dbgLock)
     fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
     fixinit(&h.cachealloc, sizeof(mcache), &h.persistent)
     fixinit(&h.tinyrefalloc, 512, &h.persistent)

@@ -24,6 +24,9 @@ cdef void profilefree(mheap* h, mspan* s, uintptr_t p) noexcept nogil
 cdef void mprofDestroy(mheap* h) noexcept
 cdef object profileRecords(mheap* h, object code_frame, tuple truncated)
 cdef void setProfileRate(mheap* h, int64_t rate) noexcept nogil
+# A debug heap's reports: the bucket of a sampled live object, its stack.
+cdef void* sampleOf(mheap* h, uintptr_t p) noexcept nogil
+cdef object bucketStack(void* bucket)
 
 
 cdef inline void countAlloc(mcache* c, uintptr_t p, uintptr_t slot, mspan* s) noexcept nogil:

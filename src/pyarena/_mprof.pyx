@@ -70,6 +70,13 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
+    static inline int pyarena_code_line(PyObject *code, int lasti)
+    { return PyCode_Addr2Line((PyCodeObject *)code, lasti); }
+    """
+    int PyCode_Addr2Line "pyarena_code_line"(PyObject* code, int lasti)
+
+cdef extern from *:
+    """
     /* Go's fastlog2 (runtime/fastlog2.go, fastlog2table.go): the exponent
        of the float, plus linear interpolation in a 33-entry table of
        log2(1 + i/32) indexed by the mantissa's top 5 bits. The table holds
@@ -391,6 +398,45 @@ cdef void profilefree(mheap* h, mspan* s, uintptr_t p) noexcept nogil:
     st.count -= 1
     pa_unlock(&st.lock)
     pa_add32(&s.nsampled, -1)
+
+
+cdef void* sampleOf(mheap* h, uintptr_t p) noexcept nogil:
+    """The bucket of p if p is a sampled live object, else NULL (a debug
+    heap's report names the allocation's stack from it). Buckets live as
+    long as the heap, so the pointer stays good after the lock."""
+    cdef mprofState* st = <mprofState*>pa_loadptr(&h.prof)
+    cdef uintptr_t i
+    cdef mbucket* b = NULL
+    if st == NULL:
+        return NULL
+    pa_lock(&st.lock)
+    if st.cap:
+        i = slotHash(p) & (st.cap - 1)
+        while st.keys[i] and st.keys[i] != p:
+            i = (i + 1) & (st.cap - 1)
+        if st.keys[i] == p:
+            b = st.vals[i]
+    pa_unlock(&st.lock)
+    return b
+
+
+cdef object bucketStack(void* bucket):
+    """A bucket's stack as (filename, function, lineno) tuples, innermost
+    first (GIL held)."""
+    cdef mbucket* b = <mbucket*>bucket
+    cdef int f
+    cdef object code
+    out = []
+    if b == NULL:
+        return out
+    for f in range(b.stk.n):
+        if b.stk.f[f].kind == PYARENA_FRAME_PY:
+            code = <object><PyObject*>b.stk.f[f].id
+            out.append((code.co_filename, code.co_qualname,
+                        PyCode_Addr2Line(<PyObject*>code, b.stk.f[f].where)))
+        elif b.stk.f[f].kind == PYARENA_FRAME_API:
+            out.append(("", (<bytes>(<const char*>b.stk.f[f].id)).decode(), 0))
+    return out
 
 
 cdef void mprofDestroy(mheap* h) noexcept:

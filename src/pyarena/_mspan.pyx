@@ -42,6 +42,7 @@ cdef void initSpan(mspan* s, int sizeclass, bint needzero) noexcept nogil:
     memset(s.freeBits, 0, sizeof(s.freeBits))
     memset(s.localFreeBits, 0, sizeof(s.localFreeBits))
     s.nfreedLocal = 0
+    s.redzones = 0
     if sizeclass == 0:
         s.elemsize = s.npages * PAGE_SIZE
         s.nelems = 1

@@ -72,6 +72,10 @@ class MemStats:
         Frees through the C API or NumPy's handler of pointers the heap
         did not hold live (double frees, foreign pointers); each was
         reported with a RuntimeWarning and ignored.
+    corruptions : int
+        Damage a debug heap found: redzones overwritten (overflows) and
+        freed slots written (writes after free). Always 0 on a release
+        heap, which does not look.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
     """
@@ -89,6 +93,7 @@ class MemStats:
     persistent_chunks: int
     sweeps: int
     invalid_frees: int
+    corruptions: int
     by_size: tuple[SizeClassStats, ...]
 
     def __repr__(self) -> str:
@@ -119,7 +124,7 @@ class MemStats:
 
 _SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
             "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
-            "persistent_chunks", "sweeps", "invalid_frees")
+            "persistent_chunks", "sweeps", "invalid_frees", "corruptions")
 _BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
           "total_alloc", "metadata_sys"}
 

@@ -35,7 +35,7 @@
 #   - the user-arena chunk pool (mheap.chunkPool) is touched with the GIL
 #     held only: arenas are Python objects.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t, int64_t, int32_t, intptr_t
 
 cdef extern from "pyarena_atomic.h" nogil:
     ctypedef struct pa_mutex:
@@ -203,6 +203,9 @@ cdef struct mspan:
     # lives, ownerThread stays 0, so that every free goes the out-of-line
     # way, which tells the profile.
     int32_t nsampled
+    # A debug heap's span whose objects carry redzones and whose freed
+    # slots hold the freed pattern (_mdebug); 0 from initSpan on.
+    uint8_t redzones
     uint8_t* tinyRefs         # class 2 spans used by the tiny allocator:
                               # live sub-objects (+1 for the cache) per slot
     # allocBits: 1 = slot allocated as of the last sweep. Slots below
@@ -314,6 +317,19 @@ cdef struct arenaReservation:
     uintptr_t size
 
 
+cdef enum:
+    DBG_FINDINGS = 64
+
+# One finding of a debug heap (_mdebug), for Heap.check() and the face.
+cdef struct dbgFinding:
+    int kind                  # DBG_* in _mdebug.pxd
+    uintptr_t addr            # the object (or the pointer freed)
+    uintptr_t size            # its requested size (slot size when unknown)
+    intptr_t offset           # first damaged byte from addr; -1 if none
+    uintptr_t other           # the second address of a bad free (its slot)
+    void* bucket              # the allocation's profile bucket, or NULL
+
+
 cdef struct mheap:
     uint64_t serial                     # unique per heap in the process
     pa_mutex lock
@@ -331,6 +347,16 @@ cdef struct mheap:
     int64_t profileRate
     uint8_t sampler                     # 0: exponential (fastexprand); 1: uniform (NoFP)
     void* prof
+    # The debug heap (_mdebug): set before the first allocation, never
+    # changed. Its lock orders every debug allocation and free with
+    # Heap.check(): taken before any other allocator lock (central, heap,
+    # profile), never with the GIL wanted while held.
+    uint8_t debug
+    pa_mutex dbgLock
+    uint64_t corruptions                # redzones and freed slots found damaged
+    dbgFinding dbgFindings[DBG_FINDINGS]  # the latest, for the Python API
+    uint32_t dbgNFindings               # findings recorded (the ring wraps)
+    uint32_t dbgTaken                   # findings handed to Python so far
     # getmcache's lookup, by a hash of the thread pointer. A slot holds the
     # cache of the last thread that missed there; a reader checks
     # owner == its own thread pointer. Written only by the cache's own
