@@ -37,6 +37,10 @@ OPS = {
     "Heap.zeros8u8": ("z = pyarena.Heap().zeros; u8 = np.dtype(np.uint8)", "for _ in range(n): z(8, u8)"),
     "numpy.zeros8u8": ("z = np.zeros; u8 = np.dtype(np.uint8)", "for _ in range(n): z(8, u8)"),
     "Heap.alloc64": ("a = pyarena.Heap().alloc", "for _ in range(n): a(64)"),
+    "Heap.alloc64-debug": ("a = pyarena.Heap(debug=True, profile_rate=0).alloc",
+                           "for _ in range(n): a(64)"),
+    "Heap.zeros-debug": ("z = pyarena.Heap(debug=True, profile_rate=0).zeros; f8 = np.float64",
+                         "for _ in range(n): z(1, f8)"),
     "bytearray64": ("a = bytearray", "for _ in range(n): a(64)"),
     "loop": ("f8 = np.float64", "for _ in range(n): pass"),
     "call": ("f = id; f8 = np.float64", "for _ in range(n): f(f8)"),
@@ -46,6 +50,9 @@ for size in (16, 64, 1024, 8192):
         OPS[f"clevel{size}.{kind}"] = (
             "from pyarena import _cbench; h = pyarena.Heap()",
             f"_cbench.pair_ns({kind!r}, {size}, n, h)")
+    OPS[f"clevel{size}.pyarena-debug"] = (
+        "from pyarena import _cbench; h = pyarena.Heap(debug=True, profile_rate=0)",
+        f"_cbench.pair_ns('pyarena', {size}, n, h)")
     OPS[f"clevel{size}.pyarena-noprofile"] = (
         "from pyarena import _cbench; h = pyarena.Heap(profile_rate=0)",
         f"_cbench.pair_ns('pyarena', {size}, n, h)")

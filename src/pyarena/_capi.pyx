@@ -45,6 +45,20 @@ from pyarena._ndarray cimport PyDataMem_Handler
 cdef uintptr_t ZEROBASE = zerobaseAddr()
 
 
+cdef uintptr_t heapMallocDebug(mheap* h, size_t size, bint zero) noexcept nogil:
+    """heapMallocSlow on a debug heap (apart, so that the release path
+    keeps its registers)."""
+    cdef int cls
+    cdef uintptr_t slot
+    cdef mcache* c
+    if size == 0:
+        return ZEROBASE
+    c = getmcache(h)
+    if c == NULL:
+        return 0
+    return debugMalloc(h, c, size, 16, zero, &cls, &slot)
+
+
 cdef uintptr_t heapMallocSlow(mheap* h, size_t size, bint zero) noexcept nogil:
     """heapMalloc's general case: any size, a thread with no cache yet, a
     span that needs a refill, a closed heap."""
@@ -52,15 +66,15 @@ cdef uintptr_t heapMallocSlow(mheap* h, size_t size, bint zero) noexcept nogil:
     cdef mspan* large
     cdef uintptr_t p
     cdef int cls
-    if h.closed:
-        return 0
+    if h.special:
+        if h.closed:
+            return 0
+        return heapMallocDebug(h, size, zero)
     if size == 0:
         return ZEROBASE
     c = getmcache(h)
     if c == NULL:
         return 0
-    if h.debug:
-        return debugMalloc(h, c, size, 16, zero, &cls, &p)
     p = mallocgc(c, size, 16, zero, &cls, &large)
     if large != NULL:
         clearLargeNogil(h, large, size)

@@ -110,6 +110,7 @@ cdef class Heap(Allocator):
             if h.caches != NULL or h.pagesInUse:
                 raise ValueError("debug is chosen when a heap is made, before it allocates")
             h.debug = dbg
+            h.special = (h.special & 1) | (dbg << 1)
         self.profile_rate = profile_rate
 
     @property
@@ -461,6 +462,7 @@ cdef class Heap(Allocator):
         if self.h == NULL:
             return
         self.h.closed = 1
+        self.h.special |= 1
         self.release()
         st = self._stats()
         # _stats builds Python objects, which may run finalizers: look at

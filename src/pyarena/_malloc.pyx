@@ -248,8 +248,8 @@ cdef inline void reown(mheap* h, mspan* s, int cls) noexcept nogil:
     with its own thread pointer, which neither value is, so the store needs
     no lock; nsampled goes up only in the owner, so a 0 read here stays."""
     cdef mcache* c = peekmcache(h)
-    if c != NULL and c.alloc[cls] == s and pa_load32(&s.nsampled) == 0 and not h.debug:
-        s.ownerThread = c.owner
+    if c != NULL and c.alloc[cls] == s and pa_load32(&s.nsampled) == 0:
+        s.ownerThread = c.spanOwner
 
 
 cdef void freeRemote(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil:

@@ -229,6 +229,7 @@ cdef mcache* allocmcache(mheap* h) noexcept nogil:
     if c != NULL:
         c.heap = h
         c.owner = threadSelf()
+        c.spanOwner = 0 if h.debug else c.owner
         armCache(h, c)
         for i in range(NUM_SIZE_CLASSES):
             c.alloc[i] = &emptymspan
@@ -498,8 +499,8 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
             sweep(s)
             pa_add64(&c.heap.nsweeps, 1)
             if s.allocCount < s.nelems:
-                if pa_load32(&s.nsampled) == 0 and not c.heap.debug:
-                    s.ownerThread = c.owner     # its samples died: local frees again
+                if pa_load32(&s.nsampled) == 0:
+                    s.ownerThread = c.spanOwner     # its samples died: local frees again
                 return s
         uncacheSpan(c.heap, s)
         c.alloc[sizeclass] = &emptymspan
@@ -509,7 +510,7 @@ cdef mspan* refill(mcache* c, int sizeclass) noexcept nogil:
     s.cache = c
     # A span with sampled objects alive is freed into out of line (_mprof),
     # and so is every span of a debug heap (_mdebug).
-    s.ownerThread = c.owner if pa_load32(&s.nsampled) == 0 and not c.heap.debug else 0
+    s.ownerThread = c.spanOwner if pa_load32(&s.nsampled) == 0 else 0
     c.alloc[sizeclass] = s
     return s
 

@@ -287,6 +287,8 @@ cdef struct mcache:
     mcache* prev
     uintptr_t owner           # its thread's thread pointer (getmcache); not
                               # the first word, which fixalloc's free list uses
+    uintptr_t spanOwner       # the ownerThread its spans get: owner, or 0 on
+                              # a debug heap (every free out of line)
     mspan* alloc[NUM_SIZE_CLASSES]  # &emptymspan when none
     uintptr_t tiny            # current tiny block, 0 if none
     uintptr_t tinyoffset
@@ -342,6 +344,8 @@ cdef struct mheap:
     mheap* regPrev
     uint64_t invalidFrees               # frees of pointers not live here
     uint8_t closed                      # Heap.close(): no more allocation
+    # closed | debug << 1: the C-level slow path tests both at once.
+    uint8_t special
     # Heap profiling (_mprof): bytes per sample (0 off; atomic), which
     # sampler draws the intervals, and the buckets, made on first use.
     int64_t profileRate
