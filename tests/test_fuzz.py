@@ -32,11 +32,18 @@ Environment variables make it longer:
         PYTHONPATH=src python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 Known defects. test_fuzz_api leaves out the few argument kinds that reach
-the open defects of issue 8 (and those the fuzzer found beyond it); each
-such kind has its own test_fuzz_known[...] that enables it, marked xfail
-(strict=False) with the defect it hits. When a defect is fixed its test
-starts passing (XPASS): remove the mark, and fold the kind into
-test_fuzz_api by deleting it from KNOWN.
+the open defects of issue 8 (and those the fuzzer found beyond it, N1..);
+each such kind has its own test_fuzz_known[...] that enables it and starts
+every batch with a scenario aimed at it, marked xfail (strict=False) with
+the defect it hits, run without shrinking and with a 5 s batch timeout.
+When a defect is fixed its test starts passing (XPASS): remove the mark,
+and fold the kind into test_fuzz_api by deleting it from KNOWN.
+
+Determinism. The fork server runs with address randomisation off (as
+setarch -R), and each batch starts its collector from zero, so a seed
+gives the same batches and the same outcomes from run to run; a
+reproducer pasted into a normal interpreter may need a few runs where the
+outcome depends on an address (an alignment, say).
 """
 
 from __future__ import annotations
@@ -145,7 +152,8 @@ class Grammar:
         return one(*out)
 
     def shapes(self, closing=True):
-        small = pick("3", "(3, 4)", "[2, 3]", "()", "(0, 5)", "(2, 1, 2)", "17", "1000")
+        small = pick("3", "(3, 4)", "[2, 3]", "()", "(0, 5)", "(2, 1, 2)", "17", "1000", "v0",
+                     "b0", "c0")
         odd = pick("(2, -1)", "(1 << 32, 1 << 32)", "np.array([2, 3])", "(i for i in (2, 3))",
                    "'abc'", "(2.0,)", "(True,)", "tuple(range(65))", "(1,) * 64",
                    "[[2]]", "None", "(np.int32(3), np.uint8(2))", "{3: 4}")
@@ -423,12 +431,14 @@ class Grammar:
                                  f"with step({{k}}): install_numpy_allocator({w})"), where),
             st.just(("uninstall_numpy_allocator", "with step({k}): uninstall_numpy_allocator()")))
 
-    def simple(self, label, src, receiver=None, expect=None):
+    def simple(self, label, src, receiver=None, expect=None, allow=None):
         extra = ""
         if receiver is not None:
             extra += f", {receiver!r}"
         if expect is not None:
             extra += f", expect={expect}"
+        if allow is not None:
+            extra += f", allow={allow}"
         return (label, f"with step({{k}}{extra}): {src}")
 
     def other_step(self):
@@ -461,7 +471,18 @@ class Grammar:
         drops = one(
             st.builds(lambda v: S("del", f"del {v}"), self.anyvalue()),
             st.builds(lambda v: S("del", f"del {v}"), pick("h1", "h2", "a1", "a2", "a3", "m0",
-                                                           "m1")))
+                                                           "m1", "h0", "a0")))
+        unbound = st.builds(
+            lambda cls, m, x: S(f"unbound:{cls}.{m.split('(')[0]}",
+                                f"{cls}.{m.format(x)}"),
+            pick("Heap", "Arena"),
+            pick("alloc({}, 8)", "zeros({}, 3)", "new({}, 'f8')", "owns({}, 0)", "stats({})",
+                 "close({})", "free({})", "release({})", "newarray({}, ctypes.c_int, 2)"),
+            pick("h0", "a0", "5", "None", "SkipInitHeap()", "b0", "Block.__new__(Block)"))
+        tracing = pick(S("tracemalloc", "tracemalloc.start()"),
+                       S("tracemalloc", "tracemalloc.stop()"),
+                       S("tracemalloc",
+                         "m1 = tracemalloc.is_tracing() and tracemalloc.take_snapshot()"))
         makes = one(
             pick(S("Heap()", "h2 = Heap()"), S("Heap.__new__", "h2 = Heap.__new__(Heap)"),
                  S("SkipInitHeap", "h2 = SkipInitHeap()"), S("Arena()", "a2 = Arena()"),
@@ -477,7 +498,8 @@ class Grammar:
             makes = one(makes, pick(S("Arena.__new__", "a3 = Arena.__new__(Arena)"),
                                           S("SkipInitArena", "a3 = SkipInitArena()")))
         copies = st.builds(
-            lambda x, how: S(f"copy:{how.split('(')[0]}", f"m0 = {how.format(x)}"),
+            lambda x, how: S(f"copy:{how.split('(')[0]}", f"m0 = {how.format(x)}",
+                             allow="(pickle.PicklingError,)"),
             pick("h0", "a0", "b0", "v0", "c0", "base_of(v0)", "Block.__new__(Block)",
                  "Chunk.__new__(Chunk)", "h0.stats()", "a0.stats()", "default_heap()"),
             pick("copy.copy({})", "copy.deepcopy({})", "pickle.loads(pickle.dumps({}))",
@@ -516,7 +538,9 @@ class Grammar:
                  "reflect.unsafe_New('f8', bogus=1)", "size_class(8, bogus=1)",
                  "pyarena.stats(1)", "install_numpy_allocator(h0, bogus=1)"))
         out = [heap_ops, arena_ops, owns, owns, drops, drops, makes, copies, block_attrs, buffers,
-               module, resizes, gcs, unknown]
+               module, resizes, gcs, unknown, tracing]
+        if self.on("unbound_self"):
+            out.append(unbound)
         if self.on("unknown_args"):
             out.append(pick(S("Heap(kw)", "Heap(nonsense=1, debug=True)", expect="TypeError"),
                             S("Heap(pos)", "Heap(1)", expect="TypeError"),
@@ -618,6 +642,13 @@ class Grammar:
             S2 = self.simple
             out.append(pick([S2("Heap(kw)", "Heap(nonsense=1, debug=True)", expect="TypeError")],
                             [S2("Heap(pos)", "Heap(1)", expect="TypeError")]))
+        if self.on("unbound_self"):
+            out.append(st.builds(
+                lambda cls, m, x: [S(f"unbound:{cls}", f"{cls}.{m.format(x)}")],
+                pick("Heap", "Arena"),
+                pick("alloc({}, 8)", "zeros({}, 3)", "stats({})", "release({})", "close({})",
+                     "free({})", "new({}, 'f8')"),
+                pick("h0", "a0", "5", "None", "b0")))
         if self.on("handler_arg"):
             out.append(st.builds(lambda w: [(
                 "numpy_allocator", f"with step({{k}}), numpy_allocator({w}): pass")],
@@ -880,6 +911,11 @@ KNOWN = {
                    "(align <= 0, align & (align - 1)) and then converted on its own: an int "
                    "subclass whose operators lie gets SystemError for 0 and blocks that are "
                    "not aligned for 12, 3 or 16384 (Heap.alloc, Arena.alloc)",
+    "unbound_self": "N4: a method called through its class with a self of another type "
+                    "(Arena.alloc(heap, 8), Heap.stats(arena), Heap.zeros(arena, 3), "
+                    "Heap.release(object())) runs on that object: SIGSEGV, SystemError, or "
+                    "silently nothing (Heap.close(None)). Cython's binding=True methods do not "
+                    "check self (cython/cython#1903, still open)",
     "setstate": "N3: Arena.__setstate_cython__ (the pickle protocol, public on every Arena) "
                 "takes any state: a chunk size that is not a multiple of PAGE_SIZE makes "
                 "chunks that end inside the next page, and the first value that crosses "
