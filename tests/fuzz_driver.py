@@ -365,7 +365,9 @@ def _check_new(v, zero, align, by_receiver=True):
         _fail(f"an allocation returned {type(v).__name__}, not a Block, array or ctypes value")
     lo, n, what = r
     cur = _cur
-    if by_receiver and cur is not None and cur.closed_before:
+    # (An arena freed before the call but initialised again during it, by
+    # a callback calling __init__, is open again: no rule broken.)
+    if by_receiver and cur is not None and cur.closed_before and _is_closed(cur.receiver):
         _fail(f"{what} allocated from {cur.name} ({cur.receiver!r}), closed (or freed) "
               "before the call")
     if n == 0:
@@ -399,27 +401,43 @@ def _natural_align(v, n):
     return ctypes.alignment(type(v))
 
 
-def _register(v, zero, align):
+def _register(v, zero, align, numpy=False):
     global _serial
+    if numpy and isinstance(v, np.generic):
+        return v              # NumPy answered a scalar (of a 0-d operand): no memory of ours
     r = _check_new(v, zero, align)
     if r is None:
         return v
     lo, n, what = r
     _serial += 1
     byte = _pattern_byte(_serial)
+    if isinstance(v, np.ndarray) and _has_unicode(v.dtype):
+        # No pattern: uniform non-zero bytes are no valid UCS4 character,
+        # and NumPy itself raises SystemError reading one. The range is
+        # still checked for overlap; its bytes are checked to stay zero.
+        byte = 0
     _fill(lo, n, byte)
     _pending.append((v, lo, n, byte, what))
     return v
 
 
-def fresh(v, align=None):
-    """An allocation whose memory must read as zero."""
-    return _register(v, True, align)
+def _has_unicode(dt):
+    if dt.kind == "U":
+        return True
+    if dt.subdtype is not None:
+        return _has_unicode(dt.subdtype[0])
+    return any(_has_unicode(dt.fields[f][0]) for f in dt.names or ())
 
 
-def keep(v, align=None):
+def fresh(v, align=None, numpy=False):
+    """An allocation whose memory must read as zero. numpy: made by a NumPy
+    expression, which may answer a scalar instead of an array."""
+    return _register(v, True, align, numpy)
+
+
+def keep(v, align=None, numpy=False):
     """An allocation whose contents are not promised (empty, full, ...)."""
-    return _register(v, False, align)
+    return _register(v, False, align, numpy)
 
 
 def _is_value_name(name):

@@ -113,12 +113,16 @@ class Grammar:
 
     # -- callback actions ----------------------------------------------------
 
-    def acts(self, closing):
+    def acts(self, closing, finalizer=False):
         """Actions a callback runs. closing: may it close a heap or free an
-        arena mid-call?"""
+        arena mid-call? finalizer: for bomb(), whose action runs inside a
+        collection. Not there: install() and uninstall(), which set
+        context variables; one set inside a collection that runs inside
+        another set is CPython's own use-after-free (python/cpython#148891,
+        open; SIGSEGV in 3.10 and 3.11), not pyarena's."""
         quiet = pick("nothing()", "collect()", "boom()", "drop('v0')", "drop('v1')",
                      "alloc_in(h0)", "alloc_in(a0)", "alloc_in(a1)", "release_(h0)",
-                     "install(h0)", "uninstall()")
+                     *(() if finalizer else ("install(h0)", "uninstall()")))
         if not closing:
             return quiet
         return one(quiet, pick("close(h0)", "close(h1)", "free(a0)", "free(a1)",
@@ -167,7 +171,11 @@ class Grammar:
             out.append(st.builds(lambda a, b: f"(Idx([{a}, {b}]),)", self.sizes(), self.sizes()))
         return one(*out)
 
-    def dtypes(self, closing=True):
+    def dtypes(self, closing=True, sized=False):
+        """sized: no zero-size dtype (full and full_like: NumPy's own
+        numpy.full(1 << 62, 0, dtype=[]) fills 2**62 empty items, a hang)."""
+        if sized:
+            return self.dtypes(closing).filter(lambda d: d not in ZERO_SIZE_DTYPES)
         good = pick("'u1'", "'f8'", "float", "'i2'", "'<i4'", "'>f8'", "'c16'", "'g'", "'?'",
                     "'S'", "'S5'", "'U3'", "'V8'", "'M8[s]'", "'m8[ns]'", "'(2,3)f4'",
                     "np.dtype([('x', 'f8'), ('n', 'i2')])",
@@ -422,10 +430,11 @@ class Grammar:
         def block(w, e, t):
             recv = f", {w!r}" if w in ("h0", "h1") else ""
             return ("numpy_allocator", f"with step({{k}}{recv}), numpy_allocator({w}):\n"
-                                       f"    {t} = {e[1]}({e[0]})")
+                                       f"    {t} = {e[1]}({e[0]}, numpy=True)")
         return one(
             st.builds(block, where, expr, target),
-            st.builds(lambda e, t: ("numpy", f"with step({{k}}): {t} = {e[1]}({e[0]})"),
+            st.builds(lambda e, t: ("numpy",
+                                    f"with step({{k}}): {t} = {e[1]}({e[0]}, numpy=True)"),
                       expr, target),
             st.builds(lambda w: ("install_numpy_allocator",
                                  f"with step({{k}}): install_numpy_allocator({w})"), where),
@@ -525,7 +534,8 @@ class Grammar:
                                  "(3, 4)"))
         gcs = one(
             st.builds(lambda n: S("gc_every", f"gc_every({n})"), pick("1", "2", "5", "17")),
-            st.builds(lambda a: S("bomb", f"bomb({a})"), self.acts(True)),
+            st.builds(lambda a: S("bomb", f"bomb({a})"),
+                      self.acts(self.on("close_cb_gc"), finalizer=True)),
             pick(S("gc.collect", "gc.collect()")))
         unknown = st.builds(
             lambda call: S("unknown-kwarg", call, expect="TypeError"),
@@ -642,6 +652,13 @@ class Grammar:
             S2 = self.simple
             out.append(pick([S2("Heap(kw)", "Heap(nonsense=1, debug=True)", expect="TypeError")],
                             [S2("Heap(pos)", "Heap(1)", expect="TypeError")]))
+        if self.on("close_cb_gc"):
+            out.append(st.builds(
+                lambda act, x: [fresh_heap, S("bomb", f"bomb({act})"),
+                                S("Heap.owns", f"h2.owns({x})")],
+                pick("close(h2)", "close(h2)", "free(a0)"),
+                pick("HInt(0, collect())", "HInt(5, alloc_in(h0))", "HInt(7, collect())",
+                     "hostile_array(np.zeros(4), collect(), 'nbytes')")))
         if self.on("unbound_self"):
             out.append(st.builds(
                 lambda cls, m, x: [S(f"unbound:{cls}", f"{cls}.{m.format(x)}")],
@@ -672,6 +689,8 @@ class Grammar:
             parts = [st.lists(one(*extra), min_size=1, max_size=3), mixed] + parts[1:]
         return st.tuples(*parts).map(lambda ps: [x for p in ps for grp in p for x in grp])
 
+
+ZERO_SIZE_DTYPES = {"np.dtype([])", "'(0,)f8'"}
 
 PROLOGUE = [
     ("Heap()", "with step({k}): h0 = Heap()"),
@@ -901,6 +920,9 @@ KNOWN = {
     "close_cb_owns": "issue 8 defect 5: Heap.owns of an int subclass whose __lt__, or an "
                      "ndarray subclass whose nbytes/__array_interface__, closes the heap: "
                      "SIGSEGV",
+    "close_cb_gc": "issue 8 defect 5, by a finalizer: a collection inside a Heap.owns "
+                   "callback (an int subclass's __lt__, an array's nbytes) runs a finalizer "
+                   "that closes the heap: SIGSEGV",
     "gib": "issue 8 defect 6: freeing 1 GiB or more leaves heap_released short, and reuse "
            "wraps it past heap_idle",
     "unknown_args": "issue 8 defect 7: Heap() accepts any arguments",

@@ -219,7 +219,11 @@ class Stress:
             except ValueError as e:
                 if "freed arena" not in str(e):
                     raise
-                continue                      # another thread freed it: take the new one
+                # Another thread freed it and is putting a new one in its
+                # place under the lock: wait for that, then take the new one.
+                with self.arena_lock:
+                    pass
+                continue
             if rng.random() < 0.01:
                 with self.arena_lock:
                     if self.arena is a:
@@ -325,6 +329,8 @@ class Stress:
             got = None
 
     def run(self):
+        # The first error is the one to read: once a thread has failed, its
+        # values die unregistered, and the others may report what follows.
         def wrap(tid):
             try:
                 self.worker(tid)
