@@ -224,7 +224,7 @@ class Grammar:
         valid = st.builds(lambda k: (str(1 << k), 1 << k), st.integers(0, 13))
         odd = pick(("None", None), ("0", None), ("3", None), ("12", None), ("-8", None),
                    ("16384", None), ("1 << 70", None), ("16.0", None), ("'16'", None),
-                   ("True", None), ("np.int64(64)", 64), ("np.uint8(8)", 8),
+                   ("True", 1), ("np.int64(64)", 64), ("np.uint8(8)", 8),
                    ("LyingInt(-8)", None), ("LyingInt(16)", 16))
         closing = self.on("close_cb_align")
         hostile = st.builds(lambda k, a, kind: (f"{kind}({1 << k}, {a})", 1 << k),
