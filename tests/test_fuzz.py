@@ -317,9 +317,12 @@ class Grammar:
         return pick("a0", "a1", "a2", "a3")
 
     def types(self):
-        """(type source, is a ctypes type)."""
-        return one(st.tuples(self.dtypes(), st.just(False)),
-                         st.tuples(self.ctypes_types(), st.just(True)))
+        """(type source, is a ctypes type). The dtype side leaves out the
+        ctypes types numpy.dtype also accepts: new and newarray take them
+        as ctypes types."""
+        dtypes = self.dtypes().filter(lambda d: d not in CTYPES_AS_DTYPES)
+        return one(st.tuples(dtypes, st.just(False)),
+                   st.tuples(self.ctypes_types(), st.just(True)))
 
     def alloc_call(self, recv, is_arena, methods):
         """An allocation method call of recv: (label, kind of value, call
@@ -691,6 +694,7 @@ class Grammar:
 
 
 ZERO_SIZE_DTYPES = {"np.dtype([])", "'(0,)f8'"}
+CTYPES_AS_DTYPES = {"ctypes.c_int", "Point"}
 
 PROLOGUE = [
     ("Heap()", "with step({k}): h0 = Heap()"),
