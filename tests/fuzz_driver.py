@@ -971,9 +971,10 @@ def gc_every(n):
     gc.set_threshold(n, 1000, 1000)
 
 
-class SkipInitHeap(Heap):
-    def __init__(self, *args, **kwargs):  # noqa: D401 - skips super().__init__()
-        pass
+def SkipInitHeap(*args, **kwargs):
+    # Heap is final (issue 10: no vtable on the fast paths), so the closest
+    # thing to a subclass that skips __init__ is a bare __new__.
+    return Heap.__new__(Heap)
 
 
 class SkipInitArena(Arena):

@@ -204,6 +204,53 @@ def test_heap_cannot_be_subclassed():
         type("H", (pyarena.Heap,), {})
 
 
+UNBOUND = """
+    import pyarena
+    from pyarena._arena import _Chunk
+    out = []
+    h, a = pyarena.Heap(), pyarena.Arena()
+    b = h.alloc(8)
+    calls = []
+    for cls in (pyarena.Heap, pyarena.Arena, pyarena.Block, pyarena.Allocator, _Chunk):
+        for name, f in vars(cls).items():
+            if callable(f) and not name.startswith("__") or name in (
+                    "__reduce__", "__setstate_cython__", "__reduce_cython__", "__enter__",
+                    "__exit__", "__len__", "__repr__", "__getbuffer__"):
+                calls.append((cls.__name__ + "." + name, f))
+    for label, f in calls:
+        for other in (None, 5, object(), b, h, a):
+            try:
+                f(other)
+                out.append("ok")
+            except (TypeError, ValueError, AttributeError) as e:
+                out.append(type(e).__name__)
+    print(len(calls), out.count("TypeError"), h.check(), b.address != 0)
+"""
+
+
+def test_methods_called_through_the_class_check_self():
+    # Issue 8, found by the fuzzer (N4): Cython's binding methods take any
+    # self, so Heap.release(object()) crashed. The classes bind their
+    # methods as C descriptors, which check self's type.
+    n, type_errors, checked, alive = run(UNBOUND).split()
+    assert int(n) > 30 and int(type_errors) > 100
+    assert int(checked) >= 1 and alive == "True"
+    h = pyarena.Heap()
+    for f, other in ((pyarena.Heap.release, object()), (pyarena.Heap.stats, pyarena.Arena()),
+                     (pyarena.Heap.close, None), (pyarena.Allocator.new, None)):
+        with pytest.raises(TypeError, match="doesn't apply"):
+            f(other) if f is not pyarena.Allocator.new else f(other, "f8")
+    # The shared face applies to every allocator: an Arena's alloc of a heap.
+    assert pyarena.Arena.alloc(h, 8).heap is h
+
+
+@pytest.mark.parametrize("f", [pyarena.numpy_allocator, pyarena.install_numpy_allocator])
+def test_numpy_allocator_of_a_non_heap_is_a_type_error(f):
+    # Refused at the call, not when the block is entered (the fuzzer's N1).
+    with pytest.raises(TypeError, match="must be a pyarena.Heap, not int"):
+        f(5)
+
+
 @pytest.mark.parametrize("make", [pyarena.Heap, pyarena.Arena, lambda: pyarena.alloc(8),
                                   lambda: pyarena.Arena().zeros(3).base,
                                   pyarena.Allocator])

@@ -88,6 +88,7 @@ class ArenaStats:
 
 
 @cython.final
+@cython.binding(False)
 cdef class _Chunk:
     """One arena chunk: a large object of the heap, and Go's linearAlloc
     over it. Its memory goes back to the heap (its pool of chunks) when
@@ -138,6 +139,7 @@ cdef class _Chunk:
         self.mapped = upto
 
 
+@cython.binding(False)
 cdef class Arena(Allocator):
     """A region for values that die together: bump allocation in chunks
     taken from a heap, everything freed at once (Go's arena experiment).

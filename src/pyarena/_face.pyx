@@ -60,6 +60,7 @@ cdef object _asarray = np.asarray
 @cython.final
 @cython.freelist(64)
 @cython.no_gc
+@cython.binding(False)
 cdef class Block:
     """One allocation from a pyarena heap or arena: a writable buffer of
     ``nbytes`` bytes.
@@ -204,6 +205,7 @@ cdef object blockMemoryError(size_t nbytes):
     return MemoryError(f"cannot allocate {nbytes} bytes: out of memory or address space")
 
 
+@cython.binding(False)
 cdef class Allocator:
     """The allocation methods every pyarena allocator has: ``Heap`` and
     ``Arena`` are allocators. Not made directly.

@@ -53,6 +53,7 @@ cdef uintptr_t ZEROBASE = zerobaseAddr()
 
 
 @cython.final
+@cython.binding(False)
 cdef class Heap(Allocator):
     """A heap of its own: Go's allocator over memory mapped for it alone.
 

@@ -443,6 +443,7 @@ cdef extern from *:
 
 
 @cython.final
+@cython.binding(False)
 cdef class _ThreadEnd:
     """Dropped when its thread's state is cleared: the thread's caches go
     back then, so a joined thread has given them back already."""

@@ -32,12 +32,23 @@ _saved: contextvars.ContextVar[tuple] = contextvars.ContextVar("pyarena_saved_ha
                                                                 default=())
 
 
-def _handler(heap: Heap | None):
-    return (heap if heap is not None else default_heap()).numpy_handler()
+def _checkHeap(heap) -> Heap:
+    heap = heap if heap is not None else default_heap()
+    if not isinstance(heap, Heap):
+        raise TypeError(f"heap must be a pyarena.Heap, not {type(heap).__name__}")
+    return heap
 
 
 @contextlib.contextmanager
-def numpy_allocator(heap: Heap | None = None) -> Iterator[Heap]:
+def _handlerBlock(heap: Heap) -> Iterator[Heap]:
+    previous = set_data_handler(heap.numpy_handler())
+    try:
+        yield heap
+    finally:
+        set_data_handler(previous)
+
+
+def numpy_allocator(heap: Heap | None = None) -> contextlib.AbstractContextManager[Heap]:
     """Make NumPy allocate array data from ``heap`` inside a ``with`` block.
 
     Parameters
@@ -65,12 +76,8 @@ def numpy_allocator(heap: Heap | None = None) -> Iterator[Heap]:
     >>> get_handler_name(a)
     'pyarena'
     """
-    heap = heap if heap is not None else default_heap()
-    previous = set_data_handler(heap.numpy_handler())
-    try:
-        yield heap
-    finally:
-        set_data_handler(previous)
+    # The argument is checked at the call, not at the block's entry.
+    return _handlerBlock(_checkHeap(heap))
 
 
 # Heaps installed process-wide, innermost last (one list for the process,
@@ -108,9 +115,7 @@ def install_numpy_allocator(heap: Heap | None = None, *, scope: str = "process")
     over the process-wide install inside its context, as any handler made
     current does.
     """
-    heap = heap if heap is not None else default_heap()
-    if not isinstance(heap, Heap):
-        raise TypeError(f"heap must be a pyarena.Heap, not {type(heap).__name__}")
+    heap = _checkHeap(heap)
     if scope == "process":
         _install_process(heap)
         _process.append(heap)

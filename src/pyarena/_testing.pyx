@@ -5,6 +5,7 @@ Not public API. Tests use these to look at bitmaps, span states, free runs
 and the invariants of each layer instead of guessing from outside.
 """
 
+cimport cython
 from libc.stdint cimport uint64_t, uintptr_t, int64_t, uint32_t
 from cpython.object cimport PyObject
 from libc.stdlib cimport calloc, free
@@ -198,6 +199,7 @@ def check_heap(Heap heap):
                 spans=len(spans), runs=len(runs))
 
 
+@cython.binding(False)
 cdef class SpanSim:
     """One small span with no memory behind it (startAddr 0), to drive
     nextFreeFast, nextFreeIndex, freeing and sweep directly."""
