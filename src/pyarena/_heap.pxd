@@ -13,6 +13,7 @@ cdef class Heap(Allocator):
     cdef pyarena_allocator _table
 
     cdef void _destroy(self)
+    cdef object _setLimit(self, limit)
     cdef object _stats(self)
     cdef object _placeDebug(self, mcache* c, size_t nbytes, size_t align, bint zero,
                             placement* pl)

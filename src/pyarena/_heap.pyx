@@ -23,6 +23,7 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, TINY_S
                              NUM_SIZE_CLASSES, pyarena_class_to_size, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, scavengeAll
+from pyarena._mgcpacer cimport scavEnable, scavDisable, setGoal
 from pyarena._mcache cimport (registerHeap, releaseHeap, getmcacheGIL, peekmcache,
                               dropLargeSpare)
 from pyarena._mcentral cimport releaseSpares
@@ -71,6 +72,29 @@ cdef class Heap(Allocator):
         MemProfileRate): 512 KiB by default, 0 for no profiling, 1 to
         record every allocation. See ``profile_rate`` and
         ``heap_profile``.
+    debug : bool, optional
+        A debug heap (redzones, fill patterns, reports of misuse).
+    gogc : int, optional
+        Pace Python's collector by this heap's bytes, as GOGC paces Go's:
+        a full ``gc.collect()`` is requested once ``heap_alloc`` has grown
+        by this percentage over the live bytes measured after the previous
+        one (at least 4 MiB * gogc / 100). None (the default): no pacing.
+        The collection runs at the interpreter's next safe point, in the
+        main thread; it runs even while ``gc`` is disabled.
+    memory_limit : int, optional
+        A soft limit in bytes on the memory the heap holds from the OS
+        (``heap_sys - heap_released``), like GOMEMLIMIT: past it, the
+        allocating thread first gives idle pages back; no allocation fails
+        because of it. None (the default): no limit. See
+        ``set_memory_limit``.
+    max_bytes : int, optional
+        A hard cap on the same quantity (at least 8192): an allocation
+        that would pass it after idle pages are given back fails
+        (MemoryError; NULL from the C-level API and NumPy's handler).
+    scavenge : bool, optional
+        Run the background scavenger for this heap: idle pages free for a
+        second or more go back to the OS, a few MiB per tenth of a second,
+        on a native thread. Default: on when a limit is set.
 
     Notes
     -----
@@ -94,14 +118,20 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self, *, profile_rate=None, debug=False):
+    def __init__(self, *, profile_rate=None, debug=False, gogc=None, memory_limit=None,
+                 max_bytes=None, scavenge=None):
         # Options are keywords; an unknown one is a TypeError, as in any
-        # Python constructor. Both are converted before the heap changes.
+        # Python constructor. All are converted before the heap changes.
         cdef mheap* h = self.h
         if isinstance(debug, bool) or (isinstance(debug, int) and debug in (0, 1)):
             dbg = bool(debug)
         else:
             raise TypeError(f"debug must be a bool, not {type(debug).__name__}")
+        gogcValue = _checkBytes("gogc", gogc, 0)
+        limit = _checkBytes("memory_limit", memory_limit, 0)
+        cap = _checkBytes("max_bytes", max_bytes, PAGE_SIZE)
+        if scavenge is not None and not isinstance(scavenge, bool):
+            raise TypeError(f"scavenge must be a bool or None, not {type(scavenge).__name__}")
         if profile_rate is None:
             # A debug heap records every allocation's stack, for its reports.
             profile_rate = 1 if dbg else MEM_PROFILE_RATE
@@ -112,7 +142,85 @@ cdef class Heap(Allocator):
                 raise ValueError("debug is chosen when a heap is made, before it allocates")
             h.debug = dbg
             h.special = (h.special & 1) | (dbg << 1)
+        newGogc = -1 if gogcValue is None else gogcValue
+        if newGogc != h.pacer.gogc:
+            # Threads' credits are theirs to write: the pacer is chosen
+            # before any has a cache.
+            if h.caches != NULL:
+                raise ValueError("gogc is chosen when a heap is made, before it allocates")
+            h.pacer.gogc = newGogc
+            if newGogc >= 0:
+                pa_lock(&h.lock)
+                setGoal(h, 0)
+                pa_unlock(&h.lock)
         self.profile_rate = profile_rate
+        self._setLimit(limit)
+        pa_lock(&h.lock)
+        h.pacer.maxBytes = -1 if cap is None else cap
+        h.pacer.maxPages = 0 if cap is None else <uint64_t>cap >> PAGE_SHIFT
+        pa_unlock(&h.lock)
+        if scavenge or (scavenge is None and (limit is not None or cap is not None)):
+            scavEnable(h)
+        elif scavenge is not None:
+            scavDisable(h)
+
+    cdef object _setLimit(self, limit):
+        """Set the soft limit (None: none); the previous one."""
+        cdef mheap* h = self.h
+        pa_lock(&h.lock)
+        old = None if h.pacer.limitBytes < 0 else h.pacer.limitBytes
+        h.pacer.limitBytes = -1 if limit is None else limit
+        # In whole pages, at least one (0 pages means none).
+        h.pacer.limitPages = 0 if limit is None else max(<uint64_t>limit >> PAGE_SHIFT, 1)
+        pa_unlock(&h.lock)
+        return old
+
+    def set_memory_limit(self, limit):
+        """Set the soft memory limit, like Go's ``debug.SetMemoryLimit``.
+
+        Parameters
+        ----------
+        limit : int or None
+            Bytes the heap may hold from the OS (``heap_sys -
+            heap_released``) before allocating threads give idle pages
+            back; None for no limit. A limit also starts the background
+            scavenger for this heap unless it was turned off
+            (``scavenge=False``).
+
+        Returns
+        -------
+        int or None
+            The previous limit.
+
+        Raises
+        ------
+        TypeError
+            ``limit`` is not an int or None.
+        ValueError
+            ``limit`` is negative, or the heap is closed.
+        """
+        value = _checkBytes("memory_limit", limit, 0)
+        if self.h == NULL or self._closed:
+            raise ValueError("the heap is closed")
+        old = self._setLimit(value)
+        if value is not None:
+            scavEnable(self.h)
+        return old
+
+    @property
+    def gogc(self):
+        """The pacer's percentage (``Heap(gogc=...)``), or None when off."""
+        return None if self.h == NULL or self.h.pacer.gogc < 0 else self.h.pacer.gogc
+
+    @property
+    def memory_limit(self):
+        """The soft memory limit in bytes, or None (``set_memory_limit``)."""
+        return None if self.h == NULL or self.h.pacer.limitBytes < 0 else self.h.pacer.limitBytes
+
+    @property
+    def max_bytes(self):
+        """The hard cap in bytes, or None."""
+        return None if self.h == NULL or self.h.pacer.maxBytes < 0 else self.h.pacer.maxBytes
 
     @property
     def debug(self):
@@ -133,6 +241,7 @@ cdef class Heap(Allocator):
         if h == NULL:
             return
         dropUserArenaChunks(h)
+        scavDisable(h)
         self.h = NULL
         # A table kept by C code stays valid while this object lives: it
         # turns into the closed one (nothing to allocate, nothing to free).
@@ -298,7 +407,13 @@ cdef class Heap(Allocator):
         cdef uint64_t released = h.pagesReleased
         cdef uint64_t meta = h.persistent.sys + sizeof(mheap)
         cdef uint64_t chunks = h.persistent.nchunks
+        cdef uint64_t nextGC = h.pacer.nextGC if h.pacer.gogc >= 0 else 0
+        cdef uint64_t limitReleased = h.pacer.limitReleased
+        cdef uint64_t bgReleased = h.pacer.bgReleased
+        cdef uint64_t capRefused = h.pacer.capRefused
+        cdef bint metaHuge = h.pacer.metaHuge
         pa_unlock(&h.lock)
+        cdef uint64_t triggered = pa_load64(&h.pacer.triggered)
         cdef uint64_t sweeps = pa_load64(&h.nsweeps)
         cdef uint64_t invalid = pa_load64(&h.invalidFrees)
         cdef uint64_t corruptions = pa_load64(&h.corruptions)
@@ -320,6 +435,12 @@ cdef class Heap(Allocator):
             invalid_frees=invalid,
             corruptions=corruptions,
             by_size=by_size,
+            gc_triggered=triggered,
+            next_gc=nextGC,
+            limit_released=limitReleased << PAGE_SHIFT,
+            scavenger_released=bgReleased << PAGE_SHIFT,
+            cap_refused=capRefused,
+            metadata_huge_pages=metaHuge,
         )
 
     def check(self):
@@ -464,6 +585,7 @@ cdef class Heap(Allocator):
             return
         self.h.closed = 1
         self.h.special |= 1
+        scavDisable(self.h)
         self.release()
         st = self._stats()
         # _stats builds Python objects, which may run finalizers: look at
@@ -513,7 +635,8 @@ def default_heap():
     if _default is None or _default._closed:
         # A closed default heap is replaced: module-level allocation keeps
         # working, and the old heap lives on for the blocks it still has.
-        _default = Heap(profile_rate=_envProfileRate(), debug=_envDebug())
+        _default = Heap(profile_rate=_envProfileRate(), debug=_envDebug(),
+                        gogc=_envGogc(), memory_limit=_envMemLimit())
     return _default
 
 
@@ -544,6 +667,52 @@ def _envProfileRate():
     if rate < 0:
         raise ValueError(f"PYARENA_MEMPROFILERATE must be >= 0, got {rate}")
     return rate
+
+
+def _checkBytes(name, value, minimum):
+    """An option that is None or an int >= minimum (not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if value < minimum or value >= 1 << 63:
+        raise ValueError(f"{name} must be from {minimum} to 2**63 - 1, got {value}")
+    return int(value)
+
+
+def _envGogc():
+    """PYARENA_GOGC (Go's GOGC): the default heap's pacer percentage; "off"
+    or unset: no pacer."""
+    import os
+    text = os.environ.get("PYARENA_GOGC", "").strip()
+    if text == "" or text.lower() == "off":
+        return None
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise ValueError(f"PYARENA_GOGC must be an integer or off, got {text!r}") from None
+    if value < 0:
+        return None             # Go: a negative GOGC turns the collector off
+    return value
+
+
+_MEMLIMIT_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def _envMemLimit():
+    """PYARENA_MEMLIMIT (Go's GOMEMLIMIT): the default heap's soft memory
+    limit, bytes with an optional unit B, KiB, MiB, GiB or TiB; "off" or
+    unset: none."""
+    import os
+    import re
+    text = os.environ.get("PYARENA_MEMLIMIT", "").strip()
+    if text == "" or text.lower() == "off":
+        return None
+    m = re.fullmatch(r"([0-9]+)\s*(B|KiB|MiB|GiB|TiB)?", text)
+    if m is None:
+        raise ValueError(f"PYARENA_MEMLIMIT must be bytes with an optional unit "
+                         f"(B, KiB, MiB, GiB, TiB) or off, got {text!r}")
+    return int(m.group(1)) * _MEMLIMIT_UNITS[m.group(2) or "B"]
 
 
 cdef inline Heap _heap():

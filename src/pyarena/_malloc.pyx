@@ -77,6 +77,7 @@ from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, 
 from pyarena._mcentral cimport freeSlot
 from pyarena._mprof cimport countAlloc, profilefree, sampleOf
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
+from pyarena._mgcpacer cimport paceCheck
 from pyarena._mdebug cimport (redzoneSize, armRedzone, redzoneDamage, freedDamage, poisonFreed,
                               dbgRecord, dbgWarn, FRESH_BYTE, DBG_REDZONE, DBG_FREED_WRITTEN,
                               DBG_BAD_FREE, DBG_DOUBLE_FREE)
@@ -510,6 +511,8 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
     s.redzones = 1
     armRedzone(p, n, slot[0])
     pa_unlock(&h.dbgLock)
+    if c.gcCredit < 0:
+        paceCheck(c)        # chargeCredit leaves it to us: see _mgcpacer.pxd
     if off >= 0:
         dbgWarn(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)
     return p

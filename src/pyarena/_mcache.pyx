@@ -32,7 +32,7 @@ its caches with it.
 """
 
 cimport cython
-from libc.stdint cimport uintptr_t, uint64_t, int32_t
+from libc.stdint cimport uintptr_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc as c_malloc, free as c_free
 from pyarena._types cimport (mheap, mcache, mspan, mSpanDead, NUM_SIZE_CLASSES, inNoList,
                              inSpare, TINY_SIZE_CLASS, TCACHE_SLOTS, PAGE_SHIFT, pa_mutex,
@@ -43,6 +43,7 @@ from pyarena._mcentral cimport cacheSpan, uncacheSpan, freeSlot
 from pyarena._mheap cimport allocSpan, freeSpan, mheap_destroy
 from pyarena._mcache cimport threadSelf, tcacheSlot
 from pyarena._mprof cimport armCache, countAlloc, mprofDestroy
+from pyarena._mgcpacer cimport chargeCredit
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t
@@ -157,6 +158,17 @@ cdef mheap* registryFind(uint64_t serial) noexcept nogil:
             return h
         h = h.regNext
     return NULL
+
+
+cdef mheap* findHeap(uint64_t serial) noexcept nogil:
+    """The live heap with this serial, or NULL (_mgcpacer's pending call,
+    which names its heap by serial). It stays alive only while the caller
+    holds the GIL."""
+    cdef mheap* h
+    pa_lock(&_registry)
+    h = registryFind(serial)
+    pa_unlock(&_registry)
+    return h
 
 
 cdef void atforkPrepare() noexcept nogil:
@@ -289,6 +301,7 @@ cdef mspan* allocLarge(mcache* c, uintptr_t npages) noexcept nogil:
     c.nmalloc[0] += 1
     c.allocBytes += npages << PAGE_SHIFT
     countAlloc(c, s.startAddr, npages << PAGE_SHIFT, s)
+    chargeCredit(c, npages << PAGE_SHIFT)
     return s
 
 
@@ -527,6 +540,9 @@ cdef uintptr_t nextFree(mcache* c, int sizeclass) noexcept nogil:
         s = refill(c, sizeclass)
         if s == NULL:
             return 0
+        # The span's free slots, charged now (Go: refill adds them to
+        # heapLive at once).
+        chargeCredit(c, <int64_t>(s.nelems - s.allocCount) * <int64_t>s.elemsize)
         idx = nextFreeIndex(s)
     s.allocCount += 1
     return s.startAddr + <uintptr_t>idx * s.elemsize

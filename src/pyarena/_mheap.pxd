@@ -1,7 +1,7 @@
 # The page heap and the address space (Go: mheap.go, heapArena in malloc.go).
 # See _mheap.pyx.
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, uint32_t
 from pyarena._types cimport (mheap, mspan, heapArena, mSpanInUse, PAGE_SHIFT, PAGE_SIZE,
                              LOG_HEAP_ARENA_BYTES, ARENA_INDEX_BITS,
                              ADDR_BITS, PAGES_PER_ARENA, pa_loadptr)
@@ -49,3 +49,6 @@ cdef inline bint nextDirtyRun(mheap* h, uintptr_t* a, uintptr_t end, uintptr_t* 
         return False
     b[0] = nextCleanPage(h, a[0], end)
     return True
+
+# Limits and the scavenger (the rest of them in _mgcpacer).
+cdef uintptr_t scavengeLocked(mheap* h, uintptr_t npages, uint32_t minAge) noexcept nogil

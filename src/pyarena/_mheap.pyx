@@ -36,7 +36,7 @@ spans' pages; pagesMapped = pagesInUse + free pages; pagesReleased is the
 number of free pages with their scav bit set.
 """
 
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, uint32_t
 from pyarena._types cimport (
     mheap, mspan, mcache, heapArena, mcentral, mSpanList, arenaReservation,
     mSpanDead, mSpanInUse, mSpanFree, inNoList, inFreePages,
@@ -45,8 +45,8 @@ from pyarena._types cimport (
     NUM_SIZE_CLASSES, TINY_SIZE_CLASS, pa_mutex, pa_mutex_init, pa_lock, pa_unlock,
     pa_storeptr)
 from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHugePage,
-                           sysUnused, physPageSize)
-from pyarena._persistentalloc cimport persistentalloc, persistentfreeall
+                           sysUnused, physPageSize, physHugePageSize)
+from pyarena._persistentalloc cimport persistentalloc, persistentfreeall, persistentHugePages
 from pyarena._mfixalloc cimport fixinit, fixalloc_alloc, fixalloc_free
 from pyarena._mspan cimport initSpan, spanListPush, spanListRemove, ctz64, popcount64
 from pyarena._mheap cimport arenaOf, nextDirtyRun
@@ -54,6 +54,12 @@ from pyarena._mheap cimport arenaOf, nextDirtyRun
 cdef enum:
     HEAP_ARENA_BYTES = 1 << LOG_HEAP_ARENA_BYTES
     RELEASE_ON_FREE_PAGES = (1 << 30) >> PAGE_SHIFT
+    # Go: enableMetadataHugePages once the heap passes 1 GiB.
+    META_HUGE_SHIFT = 30
+
+# releaseRun's limit meaning "every dirty page of the run".
+cdef uintptr_t ALL_PAGES = <uintptr_t>-1
+cdef uint64_t META_HUGE_BYTES = <uint64_t>1 << META_HUGE_SHIFT
 
 cdef mheap* mheap_new() noexcept nogil:
     """A new, empty heap (Go: mheap.init), or NULL without memory. The
@@ -68,6 +74,9 @@ cdef mheap* mheap_new() noexcept nogil:
         sysFree(h, sizeof(mheap))
         return NULL
     h.refs = 1
+    h.pacer.gogc = -1                   # no pacer until Heap(gogc=...) asks
+    h.pacer.limitBytes = -1
+    h.pacer.maxBytes = -1
     pa_mutex_init(&h.lock)
     pa_mutex_init(&h.dbgLock)
     fixinit(&h.spanalloc, sizeof(mspan), &h.persistent)
@@ -280,6 +289,7 @@ cdef void insertFree(mheap* h, mspan* s) noexcept nogil:
         t.state = mSpanDead
         fixalloc_free(&h.spanalloc, t)
     setSpanEnds(h, s)
+    s.freeEpoch = h.pacer.epoch         # young: see scavengeLocked
     spanListPush(freeListFor(h, s.npages), s, inFreePages)
 
 
@@ -374,6 +384,8 @@ cdef bint grow(mheap* h, uintptr_t npages) noexcept nogil:
             return False
     v = h.curArenaBase
     sysHugePage(<void*>v, ask)
+    if not h.pacer.metaHuge and (h.pagesMapped + (ask >> PAGE_SHIFT)) << PAGE_SHIFT > META_HUGE_BYTES:
+        enableMetadataHugePages(h)
     s = <mspan*>fixalloc_alloc(&h.spanalloc)
     if s == NULL:
         return False
@@ -407,14 +419,20 @@ cdef mspan* allocSpanLocked(mheap* h, uintptr_t npages, int sizeclass) noexcept 
     A small span's needzero says whether any of its pages may hold old data.
     A large span keeps its pages' scav bits as a map of which pages still
     read as zero, so that the caller clears only the others."""
-    cdef mspan* s = allocPages(h, npages)
+    cdef mspan* s
     cdef uintptr_t nclean
+    if h.pacer.maxPages and npages > h.pacer.maxPages:
+        h.pacer.capRefused += 1
+        return NULL
+    s = allocPages(h, npages)
     if s == NULL:
         if not grow(h, npages):
             return NULL
         s = allocPages(h, npages)
         if s == NULL:
             return NULL
+    if (h.pacer.limitPages or h.pacer.maxPages) and not underLimits(h, s):
+        return NULL
     s.state = mSpanInUse
     s.list = inNoList
     s.next = NULL
@@ -465,8 +483,10 @@ cdef void freeSpanLocked(mheap* h, mspan* s) noexcept nogil:
     insertFree(h, s)
 
 
-cdef uintptr_t releaseRun(mheap* h, mspan* s) noexcept nogil:
-    """Give the dirty pages of free run s back to the OS; pages released."""
+cdef uintptr_t releaseRun(mheap* h, mspan* s, uintptr_t limit) noexcept nogil:
+    """Give the dirty pages of free run s back to the OS, lowest first, up
+    to about limit pages (whole OS pages: a little more when they are
+    larger than ours); pages released."""
     cdef uintptr_t unit = PAGE_SIZE
     cdef uintptr_t phys = physPageSize()
     cdef uintptr_t lo, hi, a, b, n = 0
@@ -482,9 +502,13 @@ cdef uintptr_t releaseRun(mheap* h, mspan* s) noexcept nogil:
         b = (b + unit - 1) & ~(unit - 1)
         if b > hi:
             b = hi
+        if ((b - a) >> PAGE_SHIFT) > limit - n:
+            b = a + (((limit - n) << PAGE_SHIFT) + unit - 1 & ~(unit - 1))
         sysUnused(<void*>a, b - a)
         n += ((b - a) >> PAGE_SHIFT) - setScav(h, a, (b - a) >> PAGE_SHIFT, True)
         a = b
+        if n >= limit:
+            break
     return n
 
 
@@ -498,12 +522,104 @@ cdef uintptr_t scavengeAll(mheap* h) noexcept nogil:
     for i in range(MAX_FREE_LIST_PAGES):
         s = h.free[i].first
         while s != NULL:
-            n += releaseRun(h, s)
+            n += releaseRun(h, s, ALL_PAGES)
             s = s.next
     s = h.freelarge.first
     while s != NULL:
-        n += releaseRun(h, s)
+        n += releaseRun(h, s, ALL_PAGES)
         s = s.next
     h.pagesReleased += n
     pa_unlock(&h.lock)
     return n << PAGE_SHIFT
+
+
+# ---------------------------------------------------------------------------
+# Limits (see _mgcpacer.pyx for the pacer, the memory limit's other half,
+# and the background scavenger). Heap lock held throughout.
+
+cdef inline bint oldEnough(mheap* h, mspan* s, uint32_t minAge) noexcept nogil:
+    # Generations wrap: compare by their difference.
+    return <uint32_t>(h.pacer.epoch - s.freeEpoch) >= minAge
+
+
+cdef uintptr_t scavengeLocked(mheap* h, uintptr_t npages, uint32_t minAge) noexcept nogil:
+    """Release up to about npages dirty free pages to the OS, from the
+    largest free runs down (Go's scavenger works from the highest address
+    down; largest first here, because releasing a long run splits nothing
+    that small allocations would reuse warm); runs freed less than minAge
+    scavenger generations ago are left alone (0: any run). Pages released,
+    counted in pagesReleased. Heap lock held."""
+    cdef uintptr_t n = 0
+    cdef uintptr_t lastPages = ALL_PAGES
+    cdef uintptr_t lastAddr = 0
+    cdef mspan* s
+    cdef mspan* best
+    cdef int i
+    # The long runs, in order of size (then address), by repeated selection:
+    # the list is short (runs of 1 MiB and more), and the walk stops as soon
+    # as enough is released.
+    while n < npages:
+        best = NULL
+        s = h.freelarge.first
+        while s != NULL:
+            if (s.npages < lastPages or (s.npages == lastPages and s.startAddr > lastAddr)) and \
+                    (best == NULL or s.npages > best.npages or
+                     (s.npages == best.npages and s.startAddr < best.startAddr)):
+                best = s
+            s = s.next
+        if best == NULL:
+            break
+        lastPages = best.npages
+        lastAddr = best.startAddr
+        if oldEnough(h, best, minAge):
+            n += releaseRun(h, best, npages - n)
+    i = MAX_FREE_LIST_PAGES - 1
+    while i > 0 and n < npages:
+        s = h.free[i].first
+        while s != NULL and n < npages:
+            if oldEnough(h, s, minAge):
+                n += releaseRun(h, s, npages - n)
+            s = s.next
+        i -= 1
+    h.pagesReleased += n
+    return n
+
+
+cdef bint underLimits(mheap* h, mspan* s) noexcept nogil:
+    """allocSpanLocked's look at the limits, for the free run s it took
+    (off the free lists, its scav bits as they were): the pages it uses
+    that read as zero are pages the OS must now provide, so the heap's
+    retained memory (pagesMapped - pagesReleased) grows by them. Over the
+    soft limit (Go's GOMEMLIMIT), the allocating thread releases idle
+    pages for the excess first (Go: mheap.allocSpan's scavenge for the
+    memory limit) and allocates whatever is left; over the hard cap after
+    releasing what it can, s goes back and the allocation fails."""
+    cdef uintptr_t nclean = countScav(h, s.startAddr, s.npages)
+    cdef uint64_t retained = h.pagesMapped - h.pagesReleased + nclean
+    cdef uintptr_t r
+    if h.pacer.limitPages and retained > h.pacer.limitPages:
+        r = scavengeLocked(h, retained - h.pacer.limitPages, 0)
+        h.pacer.limitReleased += r
+        retained -= r
+    if h.pacer.maxPages and retained > h.pacer.maxPages:
+        r = scavengeLocked(h, retained - h.pacer.maxPages, 0)
+        h.pacer.limitReleased += r
+        retained -= r
+        if retained > h.pacer.maxPages:
+            h.pacer.capRefused += 1
+            insertFree(h, s)
+            return False
+    return True
+
+
+cdef void enableMetadataHugePages(mheap* h) noexcept nogil:
+    """The heap passed 1 GiB: its metadata (the persistent chunks and
+    blocks, and the chunks to come) is advised as transparent huge pages,
+    where the kernel says what a huge page is (Go:
+    mheap.enableMetadataHugePages: at this size the TLB misses on span
+    records and bitmaps cost more than the memory a huge page may hold
+    idle). Heap lock held."""
+    if physHugePageSize() == 0:
+        return
+    h.pacer.metaHuge = 1
+    persistentHugePages(&h.persistent)

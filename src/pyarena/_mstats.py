@@ -78,6 +78,22 @@ class MemStats:
         heap, which does not look.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
+    gc_triggered : int
+        Collections the pacer ran (``Heap(gogc=...)``).
+    next_gc : int
+        The ``heap_alloc`` at which the pacer requests its next collection
+        (Go: NextGC); 0 without a pacer.
+    limit_released : int
+        Bytes allocating threads gave back to the OS to keep the heap under
+        its ``memory_limit`` or ``max_bytes``, cumulative.
+    scavenger_released : int
+        Bytes the background scavenger gave back, cumulative.
+    cap_refused : int
+        Allocations refused by ``max_bytes``.
+    metadata_huge_pages : bool
+        Whether the heap's metadata is advised as huge pages (once
+        ``heap_sys`` passes 1 GiB, where the kernel has them: Go's
+        enableMetadataHugePages).
     """
 
     heap_alloc: int
@@ -95,6 +111,12 @@ class MemStats:
     invalid_frees: int
     corruptions: int
     by_size: tuple[SizeClassStats, ...]
+    gc_triggered: int = 0
+    next_gc: int = 0
+    limit_released: int = 0
+    scavenger_released: int = 0
+    cap_refused: int = 0
+    metadata_huge_pages: bool = False
 
     def __repr__(self) -> str:
         # One line: the scalar fields, and only the size classes in use.
@@ -124,9 +146,12 @@ class MemStats:
 
 _SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
             "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
-            "persistent_chunks", "sweeps", "invalid_frees", "corruptions")
+            "persistent_chunks", "sweeps", "invalid_frees", "corruptions",
+            "gc_triggered", "next_gc", "limit_released", "scavenger_released",
+            "cap_refused", "metadata_huge_pages")
 _BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
-          "total_alloc", "metadata_sys"}
+          "total_alloc", "metadata_sys", "next_gc", "limit_released",
+          "scavenger_released"}
 
 
 def _human(n: int) -> str:

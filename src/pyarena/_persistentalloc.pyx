@@ -14,13 +14,21 @@ can be destroyed, so each heap has its own, and persistentfreeall unmaps its
 chunks when the heap goes. Requests of 64 KiB and more (Go: maxBlock) get a
 mapping of their own, also listed so that it can be unmapped.
 
+Once the heap is large (1 GiB: mheap.enableMetadataHugePages), every chunk
+and block is advised as transparent huge pages, and new chunks are cut from
+groups aligned to the huge page size, so that a group's chunks can share one
+huge page (a 256 KiB chunk alone never fills one). A group's chunks are
+listed one by one, like any chunk; persistentfreeall unmaps them one by one
+and the group's unused tail with them.
+
 Chunks come from the OS zeroed, and nothing handed out here is ever reused
 by this layer, so persistentalloc memory reads as zero.
 """
 
 from libc.stdint cimport uintptr_t
 from pyarena._types cimport persistentAlloc, PERSISTENT_CHUNK_SIZE, PERSISTENT_MAX_BLOCK
-from pyarena._mem cimport sysAllocOS, sysFree
+from pyarena._mem cimport sysAllocOS, sysFree, sysHugePage, physHugePageSize
+from pyarena._mem cimport sysReserveAligned, sysMap
 
 
 cdef void* persistentalloc(persistentAlloc* a, size_t size, size_t align) noexcept nogil:
@@ -37,6 +45,8 @@ cdef void* persistentalloc(persistentAlloc* a, size_t size, size_t align) noexce
         p = <uintptr_t>sysAllocOS(total)
         if p == 0:
             return NULL
+        if a.huge:
+            sysHugePage(<void*>p, total)
         (<void**>p)[0] = a.bigs
         (<uintptr_t*>p)[1] = total
         a.bigs = <void*>p
@@ -44,7 +54,7 @@ cdef void* persistentalloc(persistentAlloc* a, size_t size, size_t align) noexce
         return <void*>(p + 4096)
     a.off = (a.off + align - 1) & ~(<uintptr_t>align - 1)
     if a.base == 0 or a.off + size > PERSISTENT_CHUNK_SIZE:
-        p = <uintptr_t>sysAllocOS(PERSISTENT_CHUNK_SIZE)
+        p = newChunk(a)
         if p == 0:
             return NULL
         (<void**>p)[0] = a.chunks
@@ -57,6 +67,43 @@ cdef void* persistentalloc(persistentAlloc* a, size_t size, size_t align) noexce
     p = a.base + a.off
     a.off += size
     return <void*>p
+
+
+cdef uintptr_t newChunk(persistentAlloc* a) noexcept nogil:
+    """A fresh chunk: mapped alone, or cut from the current huge-page group
+    once huge pages are on (a new group when it is used up); 0 when the OS
+    refuses."""
+    cdef uintptr_t p
+    cdef size_t hp = physHugePageSize()
+    if not a.huge or hp < PERSISTENT_CHUNK_SIZE:
+        return <uintptr_t>sysAllocOS(PERSISTENT_CHUNK_SIZE)
+    if a.groupNext == a.groupEnd:
+        p = <uintptr_t>sysReserveAligned(hp, hp)
+        if p == 0:
+            return 0
+        if sysMap(<void*>p, hp) != 0:
+            sysFree(<void*>p, hp)
+            return 0
+        sysHugePage(<void*>p, hp)
+        a.groupNext = p
+        a.groupEnd = p + hp
+    p = a.groupNext
+    a.groupNext += PERSISTENT_CHUNK_SIZE
+    return p
+
+
+cdef void persistentHugePages(persistentAlloc* a) noexcept nogil:
+    """Advise every chunk and block as huge pages, and cut the chunks to
+    come from huge-page groups (enableMetadataHugePages)."""
+    cdef void* c = a.chunks
+    a.huge = 1
+    while c != NULL:
+        sysHugePage(c, PERSISTENT_CHUNK_SIZE)
+        c = (<void**>c)[0]
+    c = a.bigs
+    while c != NULL:
+        sysHugePage(c, (<uintptr_t*>c)[1])
+        c = (<void**>c)[0]
 
 
 cdef bint inPersistentAlloc(persistentAlloc* a, void* p) noexcept nogil:
@@ -89,6 +136,9 @@ cdef void persistentfreeall(persistentAlloc* a) noexcept nogil:
         nxt = (<void**>c)[0]
         sysFree(c, (<uintptr_t*>c)[1])
         c = nxt
+    if a.groupNext != a.groupEnd:
+        sysFree(<void*>a.groupNext, a.groupEnd - a.groupNext)
+    a.groupNext = a.groupEnd = 0
     a.chunks = NULL
     a.bigs = NULL
     a.base = 0

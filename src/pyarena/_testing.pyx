@@ -435,3 +435,31 @@ def capi_free(Heap heap not None, addrs):
     cdef const pyarena_allocator* t = heap._capi
     for a in addrs:
         t.free(t.ctx, <void*><uintptr_t>a)
+
+
+# -- the pacer and the limits (_mgcpacer) ------------------------------------
+
+from pyarena._mgcpacer cimport requestGC
+
+
+def heap_serial(Heap heap not None):
+    """The heap's serial number (what a paced collection's pending call
+    names it by)."""
+    return heapOf(heap).serial
+
+
+def request_gc_and_close(Heap heap not None):
+    """Queue a paced collection for the heap and close it, with no Python
+    bytecode in between (so the pending call cannot run before the close
+    has begun); the heap's serial."""
+    cdef mheap* h = heapOf(heap)
+    cdef uint64_t serial = h.serial
+    requestGC(h)
+    heap.close()
+    return serial
+
+
+def persistent_chunk(Heap heap not None):
+    """The address of the heap's newest persistent metadata chunk (0 if
+    none)."""
+    return <uintptr_t>heapOf(heap).persistent.chunks

@@ -219,6 +219,9 @@ cdef struct mspan:
     # and a plain count, no atomics (mimalloc's local free list, as bits).
     uint64_t localFreeBits[BITMAP_WORDS]
     uint16_t nfreedLocal
+    # A free run: the scavenger generation it was freed in (insertFree
+    # stamps it; _mgcpacer's background scavenger leaves young runs alone).
+    uint32_t freeEpoch
 
 
 cdef struct mSpanList:
@@ -238,6 +241,12 @@ cdef struct persistentAlloc:
                               # word 1 holding the mapping's size
     uint64_t sys              # bytes mapped for metadata
     uint64_t nchunks
+    # enableMetadataHugePages: new chunks come from huge-page-aligned
+    # groups advised MADV_HUGEPAGE; [groupNext, groupEnd) is the group's
+    # part not handed out yet.
+    uint8_t huge
+    uintptr_t groupNext
+    uintptr_t groupEnd
 
 
 cdef struct fixalloc:
@@ -311,6 +320,11 @@ cdef struct mcache:
     int64_t nextSample        # bytes until the next profile sample
     int64_t memProfRate       # the heap's profile rate when last armed
     uint64_t rand             # the cache's random state (Go: cheaprand)
+    # Bytes this thread may still take from the page heap and mcentral
+    # before it looks at the pacer (Go: gcAssistBytes, deductAssistCredit).
+    # Charged on the slow paths only (a span cached, a large object), so
+    # the fast path never sees it; _mgcpacer.paceCheck refills it.
+    int64_t gcCredit
 
 
 cdef struct arenaReservation:
@@ -330,6 +344,32 @@ cdef struct dbgFinding:
     intptr_t offset           # first damaged byte from addr; -1 if none
     uintptr_t other           # the second address of a bad free (its slot)
     void* bucket              # the allocation's profile bucket, or NULL
+
+
+# The pacer and the limits of one heap (_mgcpacer.pyx; Go: gcControllerState
+# in mgcpacer.go, the scavenger's state in mgcscavenge.go). Pages are
+# PAGE_SIZE; a limit of 0 pages means none.
+cdef struct mpacer:
+    int64_t gogc              # percent (Go: GOGC); -1 off
+    uint64_t heapMarked       # heap_alloc after the last paced collection
+    uint64_t nextGC           # heap_alloc at which a collection is requested
+    uint64_t triggered        # collections the pacer ran (atomic)
+    int32_t pending           # a request is queued with Py_AddPendingCall (atomic)
+    uint64_t limitPages       # soft limit on pagesMapped - pagesReleased
+    uint64_t maxPages         # hard cap on the same
+    int64_t limitBytes        # the limits as asked for, in bytes; -1 none
+    int64_t maxBytes
+    uint64_t limitReleased    # pages released to stay under either
+    uint64_t capRefused       # allocations the hard cap refused
+    # The background scavenger: whether it looks at this heap, its list
+    # of heaps, the generation free runs are stamped with, pages it gave
+    # back.
+    uint8_t scavOn
+    mheap* scavNext
+    uint32_t epoch
+    uint64_t bgReleased
+    # enableMetadataHugePages: metadata chunks are advised MADV_HUGEPAGE.
+    uint8_t metaHuge
 
 
 cdef struct mheap:
@@ -403,3 +443,4 @@ cdef struct mheap:
     uint64_t retiredFreedBytes
     uint64_t nsweeps
     uint64_t ngrow
+    mpacer pacer
