@@ -192,7 +192,12 @@ cdef void setGoal(mheap* h, uint64_t marked) noexcept nogil:
     """The live bytes after a collection, and the goal that follows (Go:
     gcControllerState.heapGoal without the memory limit's part, which
     paceCheck adds). Heap lock held."""
-    cdef uint64_t goal = marked + marked // 100 * <uint64_t>h.pacer.gogc
+    cdef uint64_t g = <uint64_t>h.pacer.gogc
+    cdef uint64_t goal
+    if g > (1 << 20):
+        goal = (<uint64_t>1) << 62          # in effect never
+    else:
+        goal = marked + marked // 100 * g + marked % 100 * g // 100
     if goal < heapMinimum(h):
         goal = heapMinimum(h)
     h.pacer.heapMarked = marked
@@ -204,7 +209,7 @@ cdef void paceCheck(mcache* c) noexcept nogil:
     the heap is past its goal, or near its memory limit with something to
     collect, and give the thread new credit. No allocator lock held."""
     cdef mheap* h = c.heap
-    cdef uint64_t alloc, goal, retained, headroom
+    cdef uint64_t alloc, goal, retained = 0, headroom, room
     cdef bint request = False
     if h.pacer.gogc < 0 or h.closed:
         c.gcCredit = CREDIT_OFF
@@ -217,15 +222,21 @@ cdef void paceCheck(mcache* c) noexcept nogil:
     elif h.pacer.limitPages:
         # Go lowers the goal to what the memory limit leaves; here: over
         # 95% of it (the scavenger's goal, gcPercentGoal's limit twin),
-        # collect if the heap grew by the floor since the last collection,
-        # so that a heap whose live part is over the limit does not
-        # collect on every look.
+        # collect if the heap grew by 4 MiB since the last collection, so
+        # that a heap whose live part is over the limit does not collect
+        # on every look.
         retained = h.pagesMapped - h.pagesReleased
         if retained * 20 >= h.pacer.limitPages * 19 and \
-                alloc >= h.pacer.heapMarked + heapMinimum(h):
+                alloc >= h.pacer.heapMarked + HEAP_MINIMUM:
             request = True
     pa_unlock(&h.lock)
     headroom = (goal - alloc) // 2 if goal > alloc else 0
+    if h.pacer.limitPages:
+        # Look again before the limit is reached, too.
+        room = h.pacer.limitPages * 19 // 20
+        room = (room - retained) << (PAGE_SHIFT - 1) if room > retained else 0
+        if room < headroom:
+            headroom = room
     c.gcCredit = <int64_t>(CREDIT_MIN if headroom < CREDIT_MIN else
                            CREDIT_MAX if headroom > CREDIT_MAX else headroom)
     if request:
