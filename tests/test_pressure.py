@@ -396,9 +396,22 @@ def test_metadata_huge_pages_switch_after_one_gib():
         before_flags = flags(_testing.persistent_chunk(h))
         big = h.alloc(600 << 20, zero=False)
         st = h.stats()
+        after_flags = flags(_testing.persistent_chunk(h))
+        # Span records for 2000 more spans fill new metadata chunks: cut
+        # from a huge-page group (one 2 MiB mapping) after the switch.
+        chunks = st.persistent_chunks
+        keep = [h.alloc(40 << 10) for _ in range(2000)]
+        newest = _testing.persistent_chunk(h)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= newest < hi:
+                    group = hi - lo
         print(json.dumps(dict(before=before, after=st.metadata_huge_pages,
                               sys=st.heap_sys, before_flags=before_flags,
-                              after_flags=flags(_testing.persistent_chunk(h)))))
+                              after_flags=after_flags, group=group,
+                              new_chunks=h.stats().persistent_chunks - chunks,
+                              newest_flags=flags(newest))))
     """)
     assert got["sys"] > 1 << 30
     assert got["before"] is False
@@ -406,5 +419,8 @@ def test_metadata_huge_pages_switch_after_one_gib():
         assert got["after"] is True
         assert "hg" not in got["before_flags"]
         assert "hg" in got["after_flags"]
+        assert got["new_chunks"] >= 2
+        assert "hg" in got["newest_flags"]
+        assert got["group"] % _hpage_size() == 0
     else:
         assert got["after"] is False

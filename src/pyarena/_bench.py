@@ -14,6 +14,12 @@ Tables:
   cymem's ``Address`` when cymem is installed.
 - C level, NumPy handler, arenas, heap profiling on against off: see
   _bench_c.py.
+- pressure: the reference-cycle loop of issue 13 (each step makes a cycle
+  around a fresh array of ones and drops it, Python's collector at its
+  default thresholds), once under ``numpy_allocator(Heap(gogc=100))`` and
+  once under NumPy's own allocator, each in a fresh interpreter: the peak
+  memory each holds (pyarena's peak heap_sys and peak RSS; NumPy's peak
+  RSS) and their ratio. Not a timing: memory is what the pacer changes.
 """
 
 from __future__ import annotations
@@ -138,7 +144,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                 c_level=_bench_c.run_c_level(quick, progress),
                 numpy_handler=_bench_c.run_numpy_handler(quick, progress),
                 arena=_bench_c.run_arena(quick, progress),
-                profiling=_bench_c.run_profiling(quick, progress))
+                profiling=_bench_c.run_profiling(quick, progress),
+                pressure=run_pressure(quick, progress))
 
 
 def _fmt_ns(ns: float) -> str:
@@ -175,4 +182,82 @@ def format_table(results: dict) -> str:
                        f" {_fmt_ns(c['peer_ns']):>9} {c['ratio']:5.2f}")
     from pyarena import _bench_c
     out.extend(_bench_c.format_tables(results))
+    if "pressure" in results:
+        out.extend(format_pressure(results["pressure"]))
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# pressure: the reference-cycle loop, pyarena's pacer against NumPy's own
+# allocator. The full run makes 48 steps of 64 MiB (at most 3 GiB resident
+# under NumPy's allocator, which is the point); --quick 48 of 16 MiB.
+
+PRESSURE_STEPS = 48
+
+_CYCLE_CHILD = """
+import gc, json, resource, sys, time
+import numpy as np
+step, steps, which = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+class Node:
+    pass
+def loop(sample):
+    for i in range(steps):
+        n = Node()
+        n.self = n
+        n.a = np.ones(step // 8)       # written: resident memory
+        del n
+        sample()
+peak = [0]
+t0 = time.perf_counter()
+if which == "pyarena":
+    import pyarena
+    h = pyarena.Heap(gogc=100)
+    def sample():
+        peak[0] = max(peak[0], h.stats().heap_sys)
+    with pyarena.numpy_allocator(h):
+        loop(sample)
+    triggered = h.stats().gc_triggered
+else:
+    loop(lambda: None)
+    triggered = 0
+print(json.dumps(dict(heap_sys=peak[0], maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10,
+                      gc_triggered=triggered, seconds=time.perf_counter() - t0)))
+"""
+
+
+def _cycle_child(step: int, steps: int, which: str) -> dict:
+    import json
+    import os
+    import subprocess
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyarena.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.pop("PYARENA_GOGC", None)
+    env.pop("PYARENA_MEMLIMIT", None)
+    p = subprocess.run([sys.executable, "-c", _CYCLE_CHILD, str(step), str(steps), which],
+                       env=env, capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_pressure(quick: bool = False, progress: bool = True) -> dict:
+    """The cycle loop under both allocators; plain data (see --json)."""
+    step = (16 if quick else 64) << 20
+    prog = Progress(2, progress)
+    prog.step("pressure: pyarena gogc=100")
+    pa = _cycle_child(step, PRESSURE_STEPS, "pyarena")
+    prog.step("pressure: numpy's allocator")
+    npy = _cycle_child(step, PRESSURE_STEPS, "numpy")
+    prog.close()
+    return dict(step=step, steps=PRESSURE_STEPS, pyarena_heap_sys=pa["heap_sys"],
+                pyarena_maxrss=pa["maxrss"], gc_triggered=pa["gc_triggered"],
+                numpy_maxrss=npy["maxrss"], ratio=npy["maxrss"] / max(pa["heap_sys"], 1))
+
+
+def format_pressure(r: dict) -> list[str]:
+    mib = 1 << 20
+    return ["", f"reference cycles: {r['steps']} steps, each a cycle around {_label(r['step'])} "
+            "of ones, gc at its default thresholds",
+            f"  pyarena Heap(gogc=100): peak heap_sys {r['pyarena_heap_sys'] / mib:.0f} MiB, "
+            f"peak RSS {r['pyarena_maxrss'] / mib:.0f} MiB, {r['gc_triggered']} paced collections",
+            f"  numpy's allocator:      peak RSS {r['numpy_maxrss'] / mib:.0f} MiB",
+            f"  ratio (numpy peak RSS / pyarena peak heap_sys): {r['ratio']:.1f}"]
