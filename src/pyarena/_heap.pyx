@@ -23,7 +23,7 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, TINY_S
                              NUM_SIZE_CLASSES, pyarena_class_to_size, pa_load64, pa_lock,
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, scavengeAll
-from pyarena._mgcpacer cimport scavEnable, scavDisable, setGoal
+from pyarena._mgcpacer cimport scavEnable, scavDisable, setGoal, pacerEnable, pacerForget
 from pyarena._mcache cimport (registerHeap, releaseHeap, getmcacheGIL, peekmcache,
                               dropLargeSpare)
 from pyarena._mcentral cimport releaseSpares
@@ -153,6 +153,9 @@ cdef class Heap(Allocator):
                 pa_lock(&h.lock)
                 setGoal(h, 0)
                 pa_unlock(&h.lock)
+                pacerEnable(h)
+            else:
+                pacerForget(h)
         self.profile_rate = profile_rate
         self._setLimit(limit)
         pa_lock(&h.lock)
@@ -242,6 +245,7 @@ cdef class Heap(Allocator):
             return
         dropUserArenaChunks(h)
         scavDisable(h)
+        pacerForget(h)
         self.h = NULL
         # A table kept by C code stays valid while this object lives: it
         # turns into the closed one (nothing to allocate, nothing to free).

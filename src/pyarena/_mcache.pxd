@@ -42,7 +42,6 @@ cdef extern from *:
 cdef void registerHeap(mheap* h) noexcept nogil
 cdef void releaseHeap(mheap* h) noexcept
 cdef int liveHeaps(mheap** out, int n) noexcept nogil
-cdef mheap* findHeap(uint64_t serial) noexcept nogil
 
 # Caches.
 cdef mcache* getmcacheSlow(mheap* h) noexcept nogil

@@ -160,17 +160,6 @@ cdef mheap* registryFind(uint64_t serial) noexcept nogil:
     return NULL
 
 
-cdef mheap* findHeap(uint64_t serial) noexcept nogil:
-    """The live heap with this serial, or NULL (_mgcpacer's pending call,
-    which names its heap by serial). It stays alive only while the caller
-    holds the GIL."""
-    cdef mheap* h
-    pa_lock(&_registry)
-    h = registryFind(serial)
-    pa_unlock(&_registry)
-    return h
-
-
 cdef void atforkPrepare() noexcept nogil:
     """Before fork(): take every allocator lock (registry, then each heap's
     centrals, then its page heap: the usual order), so that no other

@@ -8,6 +8,8 @@ cdef uint64_t heapAllocNow(mheap* h) noexcept nogil
 cdef void scavEnable(mheap* h) noexcept nogil
 cdef void scavDisable(mheap* h) noexcept nogil
 cdef void requestGC(mheap* h) noexcept nogil
+cdef void pacerEnable(mheap* h) noexcept
+cdef void pacerForget(mheap* h) noexcept
 cdef void setGoal(mheap* h, uint64_t marked) noexcept nogil
 
 

@@ -56,7 +56,6 @@ leaf lock never held while a heap lock is taken.
 from libc.stdint cimport int64_t, uint64_t, uint32_t, int32_t, uintptr_t
 from pyarena._types cimport mheap, mcache, PAGE_SHIFT, pa_lock, pa_unlock, pa_load64, pa_add64
 from pyarena._mheap cimport scavengeLocked
-from pyarena._mcache cimport findHeap
 
 cdef extern from "Python.h":
     int Py_AddPendingCall(int (*func)(void*) noexcept, void* arg) noexcept nogil
@@ -243,6 +242,44 @@ cdef void paceCheck(mcache* c) noexcept nogil:
         requestGC(h)
 
 
+# The heaps with a pacer, for the pending call to find its heap by serial.
+# Changed and read with the GIL held only (Heap.__init__, Heap's end, the
+# pending call): a heap leaves it before the Heap object lets go of it.
+cdef mheap* _paced = NULL
+
+
+cdef void pacerEnable(mheap* h) noexcept:
+    """List h as paced (GIL held)."""
+    global _paced
+    if not h.pacer.paced:
+        h.pacer.paced = 1
+        h.pacer.pacedNext = _paced
+        _paced = h
+
+
+cdef void pacerForget(mheap* h) noexcept:
+    """Unlist h (GIL held): the Heap object is letting go of it, and a
+    pending call queued for it will not find it."""
+    global _paced
+    cdef mheap** link = &_paced
+    if not h.pacer.paced:
+        return
+    while link[0] != NULL:
+        if link[0] == h:
+            link[0] = h.pacer.pacedNext
+            break
+        link = &link[0].pacer.pacedNext
+    h.pacer.paced = 0
+    h.pacer.pacedNext = NULL
+
+
+cdef mheap* findPaced(uint64_t serial) noexcept:
+    cdef mheap* h = _paced
+    while h != NULL and h.serial != serial:
+        h = h.pacer.pacedNext
+    return h
+
+
 cdef void requestGC(mheap* h) noexcept nogil:
     """Queue one paced collection for h unless one is queued already. The
     pending call gets h's serial, not h: see runPacedGC."""
@@ -257,13 +294,13 @@ cdef void requestGC(mheap* h) noexcept nogil:
 cdef int runPacedGC(void* arg) noexcept with gil:
     """The pending call (main thread, GIL held, outside the allocator): a
     full collection for the heap with this serial, if it is still alive and
-    open, then its live bytes and next goal. A heap closed or destroyed in
-    the meantime is left alone: it is not in the registry any more, or its
+    open, then its live bytes and next goal. A heap closed or let go of in
+    the meantime is left alone: it is not listed as paced any more, or its
     closed flag says so. Errors in the collection are reported as
     unraisable, never raised into whatever code was interrupted."""
     global _skipped
     cdef uint64_t serial = <uint64_t><uintptr_t>arg
-    cdef mheap* h = findHeap(serial)
+    cdef mheap* h = findPaced(serial)
     if h == NULL:
         _skipped += 1
         return 0
@@ -276,7 +313,7 @@ cdef int runPacedGC(void* arg) noexcept with gil:
     except BaseException as e:
         _unraisable(e)
     # Finalizers of the collection may have closed or dropped the heap.
-    h = findHeap(serial)
+    h = findPaced(serial)
     if h == NULL:
         return 0
     pa_lock(&h.lock)
@@ -311,9 +348,9 @@ def _pacer_skipped():
 
 
 def _pacer_state(heap_serial):
-    """Testing: (pending, triggered, nextGC, heapMarked) of the live heap
+    """Testing: (pending, triggered, nextGC, heapMarked) of the paced heap
     with this serial, or None."""
-    cdef mheap* h = findHeap(<uint64_t>heap_serial)
+    cdef mheap* h = findPaced(<uint64_t>heap_serial)
     if h == NULL:
         return None
     return (h.pacer.pending, pa_load64(&h.pacer.triggered), h.pacer.nextGC,

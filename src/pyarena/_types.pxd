@@ -355,6 +355,8 @@ cdef struct mpacer:
     uint64_t nextGC           # heap_alloc at which a collection is requested
     uint64_t triggered        # collections the pacer ran (atomic)
     int32_t pending           # a request is queued with Py_AddPendingCall (atomic)
+    mheap* pacedNext          # the list of paced heaps (_mgcpacer; GIL held)
+    uint8_t paced             # on it
     uint64_t limitPages       # soft limit on pagesMapped - pagesReleased
     uint64_t maxPages         # hard cap on the same
     int64_t limitBytes        # the limits as asked for, in bytes; -1 none
