@@ -132,7 +132,8 @@ class MemStats:
         for f in _SCALARS:
             v = getattr(self, f)
             human = _human(v) if f in _BYTES and v >= 1024 else ""
-            lines.append(f"{f:18} {v:>16,} {human}".rstrip())
+            text = str(v) if isinstance(v, bool) else f"{v:,}"
+            lines.append(f"{f:18} {text:>16} {human}".rstrip())
         used = [(i, c) for i, c in enumerate(self.by_size) if c.mallocs]
         if used:
             lines.append("")
