@@ -42,6 +42,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
+from pyarena._mzero cimport zeroEnable, zeroFlush, zeroDisable, prezeroDefault
 from pyarena._mstats import MemStats, SizeClassStats
 
 import numpy as np
@@ -68,6 +69,11 @@ cdef class Heap(Allocator):
         MemProfileRate): 512 KiB by default, 0 for no profiling, 1 to
         record every allocation. See ``profile_rate`` and
         ``heap_profile``.
+    prezero : bool, optional
+        Clear freed large objects (2 MiB and up) ahead of time on an idle
+        core, so that the next ``zeros`` of their size finds them clear
+        (see ``prezero``). By default on when the process may use two CPUs
+        or more and ``PYARENA_PREZERO`` is not ``0``.
 
     Notes
     -----
@@ -91,10 +97,16 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self, *, profile_rate=MEM_PROFILE_RATE):
+    def __init__(self, *, profile_rate=MEM_PROFILE_RATE, prezero=None):
         # Options are keywords; an unknown one is a TypeError, as in any
         # Python constructor.
         self.profile_rate = profile_rate
+        if prezero is None:
+            prezero = _envPrezero()
+        elif not isinstance(prezero, bool):
+            raise TypeError(f"prezero must be a bool or None, not {type(prezero).__name__}")
+        if prezero and self.h != NULL and not self._closed:
+            zeroEnable(self.h)
 
     def __dealloc__(self):
         self._destroy()
@@ -236,6 +248,9 @@ cdef class Heap(Allocator):
         cdef uint64_t chunks = h.persistent.nchunks
         pa_unlock(&h.lock)
         cdef uint64_t sweeps = pa_load64(&h.nsweeps)
+        cdef uint64_t ahead = pa_load64(&h.clearedAhead)
+        cdef uint64_t byCaller = pa_load64(&h.clearedByCaller)
+        cdef uint64_t skipped = pa_load64(&h.clearSkipped)
         cdef uint64_t invalid = pa_load64(&h.invalidFrees)
         by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
                          for i in range(NUM_SIZE_CLASSES)])
@@ -253,6 +268,9 @@ cdef class Heap(Allocator):
             persistent_chunks=chunks,
             sweeps=sweeps,
             invalid_frees=invalid,
+            cleared_ahead=ahead,
+            cleared_by_caller=byCaller,
+            clear_skipped=skipped,
             by_size=by_size,
         )
 
@@ -302,6 +320,15 @@ cdef class Heap(Allocator):
             raise ValueError(f"profile_rate must be from 0 to 2**63 - 1, got {rate}")
         if self.h != NULL:
             setProfileRate(self.h, v)
+
+    @property
+    def prezero(self):
+        """True while freed large objects of this heap are cleared ahead
+        of time by the zeroing worker (``Heap(prezero=...)``; off after
+        ``close()``). The worker runs only while a CPU is idle; the bytes it
+        cleared, those allocating threads cleared and those known zero are
+        in ``stats()``."""
+        return self.h != NULL and self.h.zero.on != 0
 
     def heap_profile(self):
         """A snapshot of the heap profile: which lines allocated the
@@ -364,7 +391,8 @@ cdef class Heap(Allocator):
         if h == NULL:
             return 0
         dropUserArenaChunks(h)     # arena chunks kept for reuse are free memory too
-        releaseSpares(h)           # and so are the classes' spare spans
+        zeroFlush(h)               # and large objects waiting to be cleared
+        releaseSpares(h)           # and the classes' spare spans
         c = peekmcache(h)          # and this thread's large spare (other
         if c != NULL:              # threads' go when they end)
             dropLargeSpare(c)
@@ -384,6 +412,7 @@ cdef class Heap(Allocator):
         if self.h == NULL:
             return
         self.h.closed = 1
+        zeroDisable(self.h)
         self.release()
         st = self._stats()
         # _stats builds Python objects, which may run finalizers: look at
@@ -435,6 +464,19 @@ def default_heap():
         # working, and the old heap lives on for the blocks it still has.
         _default = Heap(profile_rate=_envProfileRate())
     return _default
+
+
+def _envPrezero():
+    """PYARENA_PREZERO (0 or 1, in Go's habit of GODEBUG-style switches):
+    whether new heaps clear ahead of time; without it, on where the
+    process may use two CPUs or more (_mzero.prezeroDefault)."""
+    import os
+    text = os.environ.get("PYARENA_PREZERO", "").strip()
+    if text == "":
+        return prezeroDefault()
+    if text not in ("0", "1"):
+        raise ValueError(f"PYARENA_PREZERO must be 0 or 1, got {text!r}")
+    return text == "1"
 
 
 def _envProfileRate():

@@ -72,6 +72,18 @@ class MemStats:
         Frees through the C API or NumPy's handler of pointers the heap
         did not hold live (double frees, foreign pointers); each was
         reported with a RuntimeWarning and ignored.
+    cleared_ahead : int
+        Bytes of freed large objects the zeroing worker cleared ahead of
+        time, on an idle core (``Heap(prezero=True)``), cumulative.
+    cleared_by_caller : int
+        Bytes of zeroed large allocations the allocating thread had to
+        look at and clear itself, cumulative.
+    clear_skipped : int
+        Bytes of zeroed large allocations not cleared because they were
+        known zero: fresh or released pages, pages cleared ahead of time,
+        pages the page tables show were never written. With
+        ``cleared_by_caller`` it adds up to the page-rounded size of every
+        zeroed large allocation.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
     """
@@ -89,6 +101,9 @@ class MemStats:
     persistent_chunks: int
     sweeps: int
     invalid_frees: int
+    cleared_ahead: int
+    cleared_by_caller: int
+    clear_skipped: int
     by_size: tuple[SizeClassStats, ...]
 
     def __repr__(self) -> str:
@@ -119,9 +134,11 @@ class MemStats:
 
 _SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
             "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
-            "persistent_chunks", "sweeps", "invalid_frees")
+            "persistent_chunks", "sweeps", "invalid_frees", "cleared_ahead",
+            "cleared_by_caller", "clear_skipped")
 _BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
-          "total_alloc", "metadata_sys"}
+          "total_alloc", "metadata_sys", "cleared_ahead", "cleared_by_caller",
+          "clear_skipped"}
 
 
 def _human(n: int) -> str:
