@@ -408,3 +408,22 @@ def test_fork_child_clears_its_own_pages():
         print("OK")
     """)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_check_reports_a_damaged_zeroing_queue():
+    r = run("""
+        import numpy as np, pyarena
+        from pyarena import _testing
+        _testing.set_zero_idle(False)
+        h = pyarena.Heap(prezero=True)
+        a = h.empty(4 * 2**20, np.uint8); start = a.ctypes.data; del a
+        assert [s for s, _, _ in _testing.zero_queue(h)[0]] == [start]
+        h.check()
+        _testing.corrupt(h, start, "zero_queue")
+        try:
+            h.check()
+        except pyarena.HeapCorruptionError as e:
+            print([p.kind for p in e.problems])
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['span-list']"

@@ -24,6 +24,7 @@ cdef bint zeroKeep(mheap* h, mspan* s) noexcept nogil
 cdef mspan* zeroTake(mheap* h, uintptr_t npages) noexcept nogil
 cdef void zeroFlush(mheap* h) noexcept nogil
 cdef void zeroDisable(mheap* h) noexcept nogil
+cdef uintptr_t zeroCheck(mheap* h) noexcept nogil
 cdef void zeroWorkerInfo(int* running, int* sleeping, uint64_t* wakeups, int* idle) noexcept nogil
 cdef void zeroStop() noexcept nogil
 cdef void zeroSetIdle(int verdict) noexcept nogil

@@ -69,7 +69,7 @@ from pyarena._types cimport (mheap, mspan, mzero, mSpanList, inNoList, inSpare, 
                              PAGE_SIZE, ZERO_MIN_PAGES, ZERO_QUEUE_SPANS, ZERO_QUEUE_PAGES,
                              ZERO_CHUNK, pa_add64, pa_loadptr, pa_storeptr, pa_load64)
 from pyarena._mspan cimport spanListAppend, spanListRemove
-from pyarena._mheap cimport freeSpan
+from pyarena._mheap cimport freeSpan, spanOf
 
 cdef extern from *:
     """
@@ -554,6 +554,28 @@ cdef void zeroDisable(mheap* h) noexcept nogil:
     zunlock(ZLOCK)
     waitWorker(h, NULL)
     zeroFlush(h)
+
+
+cdef uintptr_t zeroCheck(mheap* h) noexcept nogil:
+    """Heap.check()'s look at h's queue: 0 when every queued span is a
+    large in-use span of h with list inSpare, allocCount 0 and s.zeroed
+    within it, and the queue's counts are its spans'; else the address of
+    the first span that is not (1 for wrong counts)."""
+    cdef mspan* s
+    cdef uintptr_t pages = 0, spans = 0, bad = 0
+    zlock(ZLOCK)
+    s = h.zero.queue.first
+    while s != NULL and bad == 0:
+        if s.sizeclass != 0 or s.list != inSpare or s.allocCount != 0 or \
+                s.zeroed > spanBytes(s) or spanOf(h, s.startAddr) != s:
+            bad = s.startAddr
+        pages += s.npages
+        spans += 1
+        s = s.next
+    if bad == 0 and (pages != h.zero.npages or spans != h.zero.nspans):
+        bad = 1
+    zunlock(ZLOCK)
+    return bad
 
 
 # ---------------------------------------------------------------------------

@@ -332,6 +332,8 @@ def corrupt(Heap heap, uintptr_t addr, str what):
         ha.spans[(last - ha.base) >> PAGE_SHIFT] = <mspan*><uintptr_t>0xdead0000
     elif what == "pages_released":
         h.pagesReleased += 1
+    elif what == "zero_queue":
+        h.zero.npages += 1
     else:
         raise ValueError(f"unknown damage {what!r}")
 
