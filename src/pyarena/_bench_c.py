@@ -265,9 +265,11 @@ def run_prezero(quick: bool = False, progress: bool = True) -> dict:
             runs = [_compute_loop(m, n, other, 2) for m in makers]
         else:
             runs = [kind(m, n) for m in makers]
-        reps = min(_calibrate(r, budget) for r in runs)
+        # At least 8 in a row: a tight loop's own steady state, not one
+        # iteration after the other sides' rounds gave the worker time.
+        reps = max(8, min(_calibrate(r, budget) for r in runs))
         if kind is None:
-            reps = max(3, min(reps, 50))
+            reps = min(reps, 50)
         ts = [[], [], []]
         for _ in range(rounds):
             for i, r in enumerate(runs):

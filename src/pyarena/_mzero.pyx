@@ -310,6 +310,13 @@ cdef enum:
     # works, and sleeps this long when none is.
     IDLE_RECHECK_NS = 10000000
     IDLE_BACKOFF_MS = 10
+    # The newest queued span of a heap is left alone this long: a loop
+    # that makes and drops temporaries takes it back within microseconds,
+    # and a worker inside it would only make the taker wait and move its
+    # cache lines to another core. Work that follows a drop (computation)
+    # gives the worker the rest.
+    KEEP_GRACE_NS = 500000
+    KEEP_GRACE_MS = 1
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +443,7 @@ cdef bint zeroKeep(mheap* h, mspan* s) noexcept nogil:
     s.freshindex = 1          # its scav bits are stale: every page dirty
     s.zeroed = 0
     spanListAppend(&z.queue, s, inSpare)
+    z.lastKeep = nowNs()
     pa_add64(&h.pagesSpare, s.npages)
     z.npages += s.npages
     z.nspans += 1
@@ -581,16 +589,23 @@ cdef uintptr_t zeroCheck(mheap* h) noexcept nogil:
 # ---------------------------------------------------------------------------
 # The worker
 
-cdef mspan* pickWork(mheap** hp) noexcept nogil:
-    """The oldest queued span not yet cleared, of any heap (zlock held)."""
+cdef mspan* pickWork(mheap** hp, bint* later) noexcept nogil:
+    """The oldest queued span not yet cleared, of any heap, but a heap's
+    newest within KEEP_GRACE_NS of its queueing (*later set then); zlock
+    held."""
     cdef mheap* h = _heaps
     cdef mspan* s
+    cdef int64_t t = nowNs()
+    later[0] = False
     while h != NULL:
         s = h.zero.queue.first
         while s != NULL:
             if s.zeroed < spanBytes(s):
-                hp[0] = h
-                return s
+                if s == h.zero.queue.last and t - h.zero.lastKeep < KEEP_GRACE_NS:
+                    later[0] = True
+                else:
+                    hp[0] = h
+                    return s
             s = s.next
         h = h.zero.next
     return NULL
@@ -605,9 +620,13 @@ cdef void* zeroWorker(void* arg) noexcept nogil:
     cdef mspan* s
     cdef uintptr_t off, n, done
     cdef int64_t since
+    cdef bint later
     zlock(ZLOCK)
     while not _exiting:
-        s = pickWork(&h)
+        s = pickWork(&h, &later)
+        if s == NULL and later:
+            zwait(KEEP_GRACE_MS)
+            continue
         if s == NULL:
             _sleeping = 1
             zwait(0)

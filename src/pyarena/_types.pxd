@@ -329,6 +329,7 @@ cdef struct mzero:
     mspan* current            # the queued span the worker is clearing
     mspan* busy               # the span the worker is inside a chunk of
                               # now (atomic): a taker waits for it to go
+    int64_t lastKeep          # when the newest span was queued (ns)
 
 
 cdef struct arenaReservation:
