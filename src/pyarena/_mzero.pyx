@@ -251,18 +251,21 @@ cdef extern from *:
     static pthread_mutex_t pyarena_zlock = PTHREAD_MUTEX_INITIALIZER;
     static pthread_cond_t pyarena_zcond = PTHREAD_COND_INITIALIZER;
 
-    /* The worker's sleep: until signalled, or ms milliseconds (0: no limit). */
-    static void pyarena_zwait(int64_t ms) {
+    /* The worker's sleep: until signalled, or us microseconds. */
+    static void pyarena_zwait_us(int64_t us) {
         struct timespec t;
-        if (ms <= 0) {
-            pthread_cond_wait(&pyarena_zcond, &pyarena_zlock);
-            return;
-        }
         clock_gettime(CLOCK_REALTIME, &t);
-        t.tv_nsec += (ms % 1000) * 1000000;
-        t.tv_sec += ms / 1000 + t.tv_nsec / 1000000000;
+        t.tv_nsec += (us % 1000000) * 1000;
+        t.tv_sec += us / 1000000 + t.tv_nsec / 1000000000;
         t.tv_nsec %= 1000000000;
         pthread_cond_timedwait(&pyarena_zcond, &pyarena_zlock, &t);
+    }
+    /* Until signalled, or ms milliseconds (0: no limit). */
+    static void pyarena_zwait(int64_t ms) {
+        if (ms <= 0)
+            pthread_cond_wait(&pyarena_zcond, &pyarena_zlock);
+        else
+            pyarena_zwait_us(ms * 1000);
     }
 
     static void pyarena_zreinit(void) {
@@ -294,6 +297,7 @@ cdef extern from *:
     void zunlock "pthread_mutex_unlock"(void* m) noexcept nogil
     void* ZLOCK "(&pyarena_zlock)"
     void zwait "pyarena_zwait"(int64_t ms) noexcept nogil
+    void zwaitUs "pyarena_zwait_us"(int64_t us) noexcept nogil
     void zsignal "pthread_cond_signal"(void* c) noexcept nogil
     void zbroadcast "pthread_cond_broadcast"(void* c) noexcept nogil
     void* ZCOND "(&pyarena_zcond)"
@@ -315,8 +319,8 @@ cdef enum:
     # and a worker inside it would only make the taker wait and move its
     # cache lines to another core. Work that follows a drop (computation)
     # gives the worker the rest.
-    KEEP_GRACE_NS = 500000
-    KEEP_GRACE_MS = 1
+    KEEP_GRACE_NS = 100000
+    KEEP_GRACE_US = 200
 
 
 # ---------------------------------------------------------------------------
@@ -591,7 +595,7 @@ cdef uintptr_t zeroCheck(mheap* h) noexcept nogil:
 
 cdef mspan* pickWork(mheap** hp, bint* later) noexcept nogil:
     """The oldest queued span not yet cleared, of any heap, but a heap's
-    newest within KEEP_GRACE_NS of its queueing (*later set then); zlock
+    newest within KEEP_GRACE_NS (100 us) of its queueing (*later set then); zlock
     held."""
     cdef mheap* h = _heaps
     cdef mspan* s
@@ -625,7 +629,7 @@ cdef void* zeroWorker(void* arg) noexcept nogil:
     while not _exiting:
         s = pickWork(&h, &later)
         if s == NULL and later:
-            zwait(KEEP_GRACE_MS)
+            zwaitUs(KEEP_GRACE_US)
             continue
         if s == NULL:
             _sleeping = 1

@@ -128,7 +128,7 @@ cdef enum:
     ZERO_MIN_PAGES = 256
     ZERO_QUEUE_SPANS = 4
     ZERO_QUEUE_PAGES = 32768
-    ZERO_CHUNK = 256 << 10
+    ZERO_CHUNK = 64 << 10
 
 
 cdef extern from *:
