@@ -12,8 +12,8 @@ Tables:
   drop" (the second pays for page faults where memory is fresh).
 - blocks: ``Heap.alloc`` against the raw-buffer peers: ``bytearray``, and
   cymem's ``Address`` when cymem is installed.
-- C level, NumPy handler, arenas, heap profiling on against off: see
-  _bench_c.py.
+- C level, NumPy handler, arenas, heap profiling on against off,
+  clearing ahead of time on against off: see _bench_c.py.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                 c_level=_bench_c.run_c_level(quick, progress),
                 numpy_handler=_bench_c.run_numpy_handler(quick, progress),
                 arena=_bench_c.run_arena(quick, progress),
-                profiling=_bench_c.run_profiling(quick, progress))
+                profiling=_bench_c.run_profiling(quick, progress),
+                prezero=_bench_c.run_prezero(quick, progress))
 
 
 def _fmt_ns(ns: float) -> str:

@@ -43,6 +43,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
+from pyarena._mzero cimport zeroEnable, zeroFlush, zeroDisable, prezeroDefault
 from pyarena._mstats import MemStats, SizeClassStats
 from pyarena._mcheck import HeapCorruptionError, HeapProblem
 
@@ -71,6 +72,11 @@ cdef class Heap(Allocator):
         MemProfileRate): 512 KiB by default, 0 for no profiling, 1 to
         record every allocation. See ``profile_rate`` and
         ``heap_profile``.
+    prezero : bool, optional
+        Clear freed large objects (2 MiB and up) ahead of time on an idle
+        core, so that the next ``zeros`` of their size finds them clear
+        (see ``prezero``). By default on when the process may use two CPUs
+        or more and ``PYARENA_PREZERO`` is not ``0``.
 
     Notes
     -----
@@ -94,7 +100,7 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self, *, profile_rate=None, debug=False):
+    def __init__(self, *, profile_rate=None, debug=False, prezero=None):
         # Options are keywords; an unknown one is a TypeError, as in any
         # Python constructor. Both are converted before the heap changes.
         cdef mheap* h = self.h
@@ -112,7 +118,17 @@ cdef class Heap(Allocator):
                 raise ValueError("debug is chosen when a heap is made, before it allocates")
             h.debug = dbg
             h.special = (h.special & 1) | (dbg << 1)
+        if prezero is None:
+            pz = _envPrezero()
+        elif isinstance(prezero, bool):
+            pz = prezero
+        else:
+            raise TypeError(f"prezero must be a bool or None, not {type(prezero).__name__}")
         self.profile_rate = profile_rate
+        # A debug heap never clears ahead: its freed large objects keep the
+        # freed pattern until they are reused.
+        if pz and not dbg and not self._closed:
+            zeroEnable(self.h)
 
     @property
     def debug(self):
@@ -300,6 +316,9 @@ cdef class Heap(Allocator):
         cdef uint64_t chunks = h.persistent.nchunks
         pa_unlock(&h.lock)
         cdef uint64_t sweeps = pa_load64(&h.nsweeps)
+        cdef uint64_t ahead = pa_load64(&h.clearedAhead)
+        cdef uint64_t byCaller = pa_load64(&h.clearedByCaller)
+        cdef uint64_t skipped = pa_load64(&h.clearSkipped)
         cdef uint64_t invalid = pa_load64(&h.invalidFrees)
         cdef uint64_t corruptions = pa_load64(&h.corruptions)
         by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
@@ -319,6 +338,9 @@ cdef class Heap(Allocator):
             sweeps=sweeps,
             invalid_frees=invalid,
             corruptions=corruptions,
+            cleared_ahead=ahead,
+            cleared_by_caller=byCaller,
+            clear_skipped=skipped,
             by_size=by_size,
         )
 
@@ -382,6 +404,15 @@ cdef class Heap(Allocator):
         if self.h != NULL:
             setProfileRate(self.h, v)
 
+    @property
+    def prezero(self):
+        """True while freed large objects of this heap are cleared ahead
+        of time by the zeroing worker (``Heap(prezero=...)``; off after
+        ``close()``). The worker runs only while a CPU is idle; the bytes it
+        cleared, those allocating threads cleared and those known zero are
+        in ``stats()``."""
+        return self.h != NULL and self.h.zero.on != 0
+
     def heap_profile(self):
         """A snapshot of the heap profile: which lines allocated the
         sampled memory, and how much of it is still in use.
@@ -443,7 +474,8 @@ cdef class Heap(Allocator):
         if h == NULL:
             return 0
         dropUserArenaChunks(h)     # arena chunks kept for reuse are free memory too
-        releaseSpares(h)           # and so are the classes' spare spans
+        zeroFlush(h)               # and large objects waiting to be cleared
+        releaseSpares(h)           # and the classes' spare spans
         c = peekmcache(h)          # and this thread's large spare (other
         if c != NULL:              # threads' go when they end)
             dropLargeSpare(c)
@@ -464,6 +496,7 @@ cdef class Heap(Allocator):
             return
         self.h.closed = 1
         self.h.special |= 1
+        zeroDisable(self.h)
         self.release()
         st = self._stats()
         # _stats builds Python objects, which may run finalizers: look at
@@ -527,6 +560,17 @@ def _envDebug():
     if text == "1":
         return True
     raise ValueError(f"PYARENA_DEBUG must be 0 or 1, got {text!r}")
+def _envPrezero():
+    """PYARENA_PREZERO (0 or 1, in Go's habit of GODEBUG-style switches):
+    whether new heaps clear ahead of time; without it, on where the
+    process may use two CPUs or more (_mzero.prezeroDefault)."""
+    import os
+    text = os.environ.get("PYARENA_PREZERO", "").strip()
+    if text == "":
+        return prezeroDefault()
+    if text not in ("0", "1"):
+        raise ValueError(f"PYARENA_PREZERO must be 0 or 1, got {text!r}")
+    return text == "1"
 
 
 def _envProfileRate():

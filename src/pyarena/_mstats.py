@@ -76,6 +76,18 @@ class MemStats:
         Damage a debug heap found: redzones overwritten (overflows) and
         freed slots written (writes after free). Always 0 on a release
         heap, which does not look.
+    cleared_ahead : int
+        Bytes of freed large objects the zeroing worker cleared ahead of
+        time, on an idle core (``Heap(prezero=True)``), cumulative.
+    cleared_by_caller : int
+        Bytes of zeroed large allocations the allocating thread had to
+        look at and clear itself, cumulative.
+    clear_skipped : int
+        Bytes of zeroed large allocations not cleared because they were
+        known zero: fresh or released pages, pages cleared ahead of time,
+        pages the page tables show were never written. With
+        ``cleared_by_caller`` it adds up to the page-rounded size of every
+        zeroed large allocation.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
     """
@@ -94,6 +106,9 @@ class MemStats:
     sweeps: int
     invalid_frees: int
     corruptions: int
+    cleared_ahead: int
+    cleared_by_caller: int
+    clear_skipped: int
     by_size: tuple[SizeClassStats, ...]
 
     def __repr__(self) -> str:
@@ -124,9 +139,11 @@ class MemStats:
 
 _SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
             "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
-            "persistent_chunks", "sweeps", "invalid_frees", "corruptions")
+            "persistent_chunks", "sweeps", "invalid_frees", "corruptions", "cleared_ahead",
+            "cleared_by_caller", "clear_skipped")
 _BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
-          "total_alloc", "metadata_sys"}
+          "total_alloc", "metadata_sys", "cleared_ahead", "cleared_by_caller",
+          "clear_skipped"}
 
 
 def _human(n: int) -> str:
