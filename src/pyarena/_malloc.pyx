@@ -66,7 +66,7 @@ cdef extern from "Python.h":
     # Without Cython's exception check, so that the clear can note how far
     # it got before the handler's exception propagates.
     int PyErr_CheckSignals() noexcept
-from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
+from pyarena._types cimport (memOpen, memMalloclike, mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, pa_or64, pa_load8, pa_load32, pa_store16, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
                              CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES, MAX_ALLOC,
                              pa_lock, pa_unlock)
@@ -568,7 +568,9 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
     if large != NULL:
         s = large
         slot[0] = s.npages << PAGE_SHIFT
-        # The clear works in whole pages: before the redzone is armed.
+        # The clear works in whole pages: before the redzone is armed. A
+        # spare may still be closed to the sanitizers from its last free.
+        memOpen(p, slot[0])
         if zero:
             clearLargeNogil(h, s, n)
         else:
@@ -582,9 +584,11 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
             off = freedDamage(p, slot[0])
             if off >= 0:
                 dbgRecord(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)
+        memOpen(p, slot[0])
         memset(<void*>p, 0 if zero else FRESH_BYTE, n)
     s.redzones = 1
-    armRedzone(p, n, slot[0])
+    armRedzone(p, n, slot[0])           # and closes the redzone
+    memMalloclike(p, n, zero)
     pa_unlock(&h.dbgLock)
     if off >= 0:
         dbgWarn(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)

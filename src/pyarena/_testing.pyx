@@ -413,6 +413,33 @@ def sample_intervals(Heap heap, Py_ssize_t n):
 
 from pyarena._types cimport pyarena_allocator
 
+cdef extern from "pyarena_sanitize.h" nogil:
+    void memRaw "pyarena_mem_raw"(uintptr_t p, size_t n, const void* src, void* dst)
+    int sanitizerFlags "pyarena_sanitizer_flags"()
+
+
+def sanitizers():
+    """The sanitizers pyarena was built for: {"address": bool, "valgrind": bool}."""
+    cdef int f = sanitizerFlags()
+    return {"address": bool(f & 1), "valgrind": bool(f & 2)}
+
+
+def poke(uintptr_t addr, const unsigned char[:] data):
+    """Write data at addr as a wild write would, past the sanitizers (for
+    tests of the debug heap's own reports): ctypes.memset there is stopped
+    by AddressSanitizer in an ASAN build, as it should be."""
+    if data.shape[0]:
+        memRaw(addr, data.shape[0], &data[0], NULL)
+
+
+def peek(uintptr_t addr, size_t n):
+    """n bytes at addr, read past the sanitizers (see poke)."""
+    out = bytearray(n)
+    cdef unsigned char[:] v = out
+    if n:
+        memRaw(addr, n, NULL, &v[0])
+    return bytes(out)
+
 
 def capi_malloc(Heap heap not None, size_t size, Py_ssize_t n, bint nogil=True):
     """n allocations of size bytes through the heap's C-level table, made

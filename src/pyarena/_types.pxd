@@ -62,6 +62,15 @@ cdef extern from "pyarena_atomic.h" nogil:
 # The public C-level function table (pyarena_capi.h), one per heap.
 from pyarena._capi_h cimport pyarena_allocator
 
+# What a debug heap tells AddressSanitizer and memcheck (empty without them).
+cdef extern from "pyarena_sanitize.h" nogil:
+    void memOpen "pyarena_mem_open"(uintptr_t p, size_t n)
+    void memClose "pyarena_mem_close"(uintptr_t p, size_t n)
+    void memMalloclike "pyarena_mem_malloclike"(uintptr_t p, size_t n, int zeroed)
+    void memFreelike "pyarena_mem_freelike"(uintptr_t p)
+    int sanitizerFlags "pyarena_sanitizer_flags"()
+
+
 cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_size[]
     const uint8_t pyarena_class_to_allocnpages[]
