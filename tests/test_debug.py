@@ -3,13 +3,13 @@ and freed patterns, reports of overflows, writes after free and bad frees
 (warned, counted, raised through the Python API), check() of every
 redzone and freed slot, and the release heap unchanged.
 
-Damage is done with ctypes.memset at exact offsets, the way C or Cython
-code overruns a buffer; every test that damages a heap takes its findings
+Damage is done at exact offsets the way C or Cython code overruns a buffer,
+through _testing.poke (ctypes.memset itself would be stopped by
+AddressSanitizer in an ASAN build, which test_sanitize.py shows); every test that damages a heap takes its findings
 (check() or the allocation that raises), so the conftest's check of every
 heap after each test sees a clean one.
 """
 
-import ctypes
 import gc
 import re
 import subprocess
@@ -76,7 +76,7 @@ def test_every_allocation_has_a_redzone_in_its_slot(n):
     assert b.slot_size == pyarena.Heap().alloc(n + pyarena.redzone_size(n)).slot_size
     # Fresh memory shows 0xCD; the redzone holds the canary 0xFD up to the
     # size word in the slot's last 8 bytes.
-    raw = ctypes.string_at(b.address, b.slot_size)
+    raw = _testing.peek(b.address, b.slot_size)
     assert raw[:n] == b"\xcd" * n
     assert raw[n:b.slot_size - 8] == b"\xfd" * (b.slot_size - 8 - n)
     z = h.alloc(n)
@@ -99,7 +99,7 @@ def test_empty_and_c_level_malloc_show_the_fresh_pattern_zeros_and_calloc_do_not
     assert (h.empty(3, dtype=np.uint32) == 0xCDCDCDCD).all()
     assert (h.zeros(100) == 0).all() and (h.full(5, 7) == 7).all()
     [p] = _testing.capi_malloc(h, 40, 1)
-    assert ctypes.string_at(p, 40) == b"\xcd" * 40
+    assert _testing.peek(p, 40) == b"\xcd" * 40
     with pyarena.numpy_allocator(h):
         a = np.empty(64, dtype=np.uint8)
         z = np.zeros(64, dtype=np.uint8)
@@ -113,7 +113,7 @@ def test_freed_memory_holds_the_freed_pattern():
     b = h.alloc(100)
     a, slot = b.address, b.slot_size
     del b
-    assert ctypes.string_at(a, slot) == b"\xdd" * slot
+    assert _testing.peek(a, slot) == b"\xdd" * slot
     del keep
 
 
@@ -136,7 +136,7 @@ def test_usable_size_and_realloc_stop_at_the_redzone():
 def overflow_at_free(h, addr, n, free):
     """Write one byte past an n-byte object at addr, free it, and return
     the HeapCorruptionWarning it got."""
-    ctypes.memset(addr + n, 0x41, 1)
+    _testing.poke(addr + n, bytes([0x41]) * 1)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         free()
@@ -167,12 +167,12 @@ def test_a_block_overflow_by_one_byte_is_reported_on_free(n):
 def test_check_finds_an_overflow_before_the_free():
     h = pyarena.Heap(debug=True)
     b = h.alloc(200)
-    ctypes.memset(b.address + 205, 0, 3)       # a few bytes past the end
+    _testing.poke(b.address + 205, bytes([0]) * 3)       # a few bytes past the end
     with pytest.raises(HeapCorruptionError) as e:
         h.check()
     assert [(p.kind, p.address, p.size) for p in e.value.problems] == [("redzone", b.address, 200)]
     # Mend it (the canary byte) and the heap is clean.
-    ctypes.memset(b.address + 205, 0xFD, 3)
+    _testing.poke(b.address + 205, bytes([0xFD]) * 3)
     assert h.check() == 1
 
 
@@ -211,7 +211,7 @@ def test_an_overwritten_size_word_is_reported():
     h = pyarena.Heap(debug=True)
     box = [h.alloc(100)]
     a, slot = box[0].address, box[0].slot_size
-    ctypes.memset(a + 100, 0x55, slot - 100)      # the canary and the size word
+    _testing.poke(a + 100, bytes([0x55]) * (slot - 100))      # the canary and the size word
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         box.clear()
@@ -224,7 +224,7 @@ def test_an_overwritten_size_word_is_reported():
 def test_the_next_python_allocation_raises_what_a_free_found():
     h = pyarena.Heap(debug=True)
     box = [h.alloc(32)]
-    ctypes.memset(box[0].address + 32, 1, 1)
+    _testing.poke(box[0].address + 32, bytes([1]) * 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         box.clear()
@@ -253,7 +253,7 @@ def test_a_write_after_free_is_found_by_check_and_at_reuse():
     victim = keep.pop(1)
     a, slot = victim.address, victim.slot_size
     del victim
-    ctypes.memset(a + 7, 0x42, 1)
+    _testing.poke(a + 7, bytes([0x42]) * 1)
     with pytest.raises(HeapCorruptionError) as e:
         h.check()
     assert [(p.kind, p.address, p.size) for p in e.value.problems] == \
@@ -361,12 +361,13 @@ def test_arenas_and_threads_on_a_debug_heap_stay_clean():
 
 def test_pyarena_debug_makes_the_default_heap_a_debug_heap():
     code = """
-import ctypes, warnings, numpy as np, pyarena
+import warnings, numpy as np, pyarena
+from pyarena import _testing
 h = pyarena.default_heap()
 print(h.debug, h.profile_rate)
 with pyarena.numpy_allocator():
     box = [np.ones(4)]
-ctypes.memset(box[0].ctypes.data + 32, 0, 1)
+_testing.poke(box[0].ctypes.data + 32, bytes([0]) * 1)
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     box.clear()

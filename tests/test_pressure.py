@@ -280,6 +280,18 @@ def test_memory_limit_requests_a_collection_with_gogc():
 
 # -- the hard cap ----------------------------------------------------------------
 
+def test_limits_turn_prezero_off():
+    assert Heap(memory_limit=64 * MiB).prezero is False
+    assert Heap(max_bytes=64 * MiB).prezero is False
+    with pytest.raises(ValueError):
+        Heap(memory_limit=64 * MiB, prezero=True)
+    h = Heap(prezero=True)
+    assert h.prezero is True
+    h.set_memory_limit(64 * MiB)
+    assert h.prezero is False
+    h.close()
+
+
 def test_hard_cap_every_path():
     h = Heap(max_bytes=64 * MiB, scavenge=False)
     a = h.alloc(32 * MiB)
@@ -334,7 +346,9 @@ def test_hard_cap_small_objects():
 # -- the background scavenger ----------------------------------------------------
 
 def test_scavenger_returns_idle_pages():
-    h = Heap(scavenge=True)
+    # Without clearing ahead: its queue keeps freed large objects for reuse,
+    # out of the scavenger's reach (they are not free page runs).
+    h = Heap(scavenge=True, prezero=False)
     running, _, nheaps = _mgcpacer._scavenger_state()
     assert running and nheaps >= 1
     a = np.frombuffer(h.alloc(32 * MiB), dtype=np.uint8)

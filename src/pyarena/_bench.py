@@ -12,8 +12,8 @@ Tables:
   drop" (the second pays for page faults where memory is fresh).
 - blocks: ``Heap.alloc`` against the raw-buffer peers: ``bytearray``, and
   cymem's ``Address`` when cymem is installed.
-- C level, NumPy handler, arenas, heap profiling on against off: see
-  _bench_c.py.
+- C level, NumPy handler, arenas, heap profiling on against off,
+  clearing ahead of time on against off: see _bench_c.py.
 - pressure: the reference-cycle loop of issue 13 (each step makes a cycle
   around a fresh array of ones and drops it, Python's collector at its
   default thresholds), once under ``numpy_allocator(Heap(gogc=100))`` and
@@ -145,6 +145,7 @@ def run(quick: bool = False, progress: bool = True) -> dict:
                 numpy_handler=_bench_c.run_numpy_handler(quick, progress),
                 arena=_bench_c.run_arena(quick, progress),
                 profiling=_bench_c.run_profiling(quick, progress),
+                prezero=_bench_c.run_prezero(quick, progress),
                 pressure=run_pressure(quick, progress))
 
 

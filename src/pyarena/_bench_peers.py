@@ -374,6 +374,12 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env.update(extra)
+    # A sanitizer's runtime stays, first (an ASAN build of pyarena cannot
+    # load without it); it is not a peer, and replaces malloc for all.
+    sanitizers = [p for p in os.environ.get("LD_PRELOAD", "").split()
+                  if os.path.basename(p).startswith(("libasan", "libclang_rt.asan"))]
+    if sanitizers:
+        env["LD_PRELOAD"] = " ".join(sanitizers + env.get("LD_PRELOAD", "").split())
     return env
 
 

@@ -44,6 +44,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
+from pyarena._mzero cimport zeroEnable, zeroFlush, zeroDisable, prezeroDefault
 from pyarena._mstats import MemStats, SizeClassStats
 from pyarena._mcheck import HeapCorruptionError, HeapProblem
 
@@ -86,7 +87,9 @@ cdef class Heap(Allocator):
         (``heap_sys - heap_released``), like GOMEMLIMIT: past it, the
         allocating thread first gives idle pages back; no allocation fails
         because of it. None (the default): no limit. See
-        ``set_memory_limit``.
+        ``set_memory_limit``. A heap with a limit (this or ``max_bytes``)
+        does not clear ahead of time: ``prezero`` is off by default, and
+        ``prezero=True`` with a limit is a ValueError.
     max_bytes : int, optional
         A hard cap on the same quantity (at least 8192): an allocation
         that would pass it after idle pages are given back fails
@@ -95,6 +98,11 @@ cdef class Heap(Allocator):
         Run the background scavenger for this heap: idle pages free for a
         second or more go back to the OS, a few MiB per tenth of a second,
         on a native thread. Default: on when a limit is set.
+    prezero : bool, optional
+        Clear freed large objects (2 MiB and up) ahead of time on an idle
+        core, so that the next ``zeros`` of their size finds them clear
+        (see ``prezero``). By default on when the process may use two CPUs
+        or more and ``PYARENA_PREZERO`` is not ``0``.
 
     Notes
     -----
@@ -118,8 +126,8 @@ cdef class Heap(Allocator):
         self._final = None
         self._capsule = newHandlerCapsule(h)
 
-    def __init__(self, *, profile_rate=None, debug=False, gogc=None, memory_limit=None,
-                 max_bytes=None, scavenge=None):
+    def __init__(self, *, profile_rate=None, debug=False, prezero=None, gogc=None,
+                 memory_limit=None, max_bytes=None, scavenge=None):
         # Options are keywords; an unknown one is a TypeError, as in any
         # Python constructor. All are converted before the heap changes.
         cdef mheap* h = self.h
@@ -142,6 +150,17 @@ cdef class Heap(Allocator):
                 raise ValueError("debug is chosen when a heap is made, before it allocates")
             h.debug = dbg
             h.special = (h.special & 1) | (dbg << 1)
+        # Clearing ahead keeps freed large objects in a queue, idle memory a
+        # limit could not give back: a heap with a limit does not do it.
+        limited = limit is not None or cap is not None
+        if prezero is None:
+            pz = _envPrezero() and not limited
+        elif isinstance(prezero, bool):
+            pz = prezero
+            if pz and limited:
+                raise ValueError("prezero cannot be combined with memory_limit or max_bytes")
+        else:
+            raise TypeError(f"prezero must be a bool or None, not {type(prezero).__name__}")
         newGogc = -1 if gogcValue is None else gogcValue
         if newGogc != h.pacer.gogc:
             # Threads' credits are theirs to write: the pacer is chosen
@@ -162,10 +181,18 @@ cdef class Heap(Allocator):
         h.pacer.maxBytes = -1 if cap is None else cap
         h.pacer.maxPages = 0 if cap is None else <uint64_t>cap >> PAGE_SHIFT
         pa_unlock(&h.lock)
-        if scavenge or (scavenge is None and (limit is not None or cap is not None)):
+        if self._closed:
+            pass                    # a closed heap has no scavenger
+        elif scavenge or (scavenge is None and (limit is not None or cap is not None)):
             scavEnable(h)
         elif scavenge is not None:
             scavDisable(h)
+        # A debug heap never clears ahead: its freed large objects keep the
+        # freed pattern until they are reused.
+        if pz and not dbg and not self._closed:
+            zeroEnable(self.h)
+        elif limited:
+            zeroDisable(self.h)
 
     cdef object _setLimit(self, limit):
         """Set the soft limit (None: none); the previous one."""
@@ -188,7 +215,8 @@ cdef class Heap(Allocator):
             heap_released``) before allocating threads give idle pages
             back; None for no limit. A limit also starts the background
             scavenger for this heap unless it was turned off
-            (``scavenge=False``).
+            (``scavenge=False``), and turns clearing ahead (``prezero``)
+            off: its queue holds idle memory the limit could not release.
 
         Returns
         -------
@@ -207,6 +235,7 @@ cdef class Heap(Allocator):
             raise ValueError("the heap is closed")
         old = self._setLimit(value)
         if value is not None:
+            zeroDisable(self.h)     # see __init__: no clearing ahead under a limit
             scavEnable(self.h)
         return old
 
@@ -419,6 +448,9 @@ cdef class Heap(Allocator):
         pa_unlock(&h.lock)
         cdef uint64_t triggered = pa_load64(&h.pacer.triggered)
         cdef uint64_t sweeps = pa_load64(&h.nsweeps)
+        cdef uint64_t ahead = pa_load64(&h.clearedAhead)
+        cdef uint64_t byCaller = pa_load64(&h.clearedByCaller)
+        cdef uint64_t skipped = pa_load64(&h.clearSkipped)
         cdef uint64_t invalid = pa_load64(&h.invalidFrees)
         cdef uint64_t corruptions = pa_load64(&h.corruptions)
         by_size = tuple([SizeClassStats(pyarena_class_to_size[i], mallocs[i], frees[i])
@@ -438,6 +470,9 @@ cdef class Heap(Allocator):
             sweeps=sweeps,
             invalid_frees=invalid,
             corruptions=corruptions,
+            cleared_ahead=ahead,
+            cleared_by_caller=byCaller,
+            clear_skipped=skipped,
             by_size=by_size,
             gc_triggered=triggered,
             next_gc=nextGC,
@@ -507,6 +542,15 @@ cdef class Heap(Allocator):
         if self.h != NULL:
             setProfileRate(self.h, v)
 
+    @property
+    def prezero(self):
+        """True while freed large objects of this heap are cleared ahead
+        of time by the zeroing worker (``Heap(prezero=...)``; off after
+        ``close()``). The worker runs only while a CPU is idle; the bytes it
+        cleared, those allocating threads cleared and those known zero are
+        in ``stats()``."""
+        return self.h != NULL and self.h.zero.on != 0
+
     def heap_profile(self):
         """A snapshot of the heap profile: which lines allocated the
         sampled memory, and how much of it is still in use.
@@ -568,7 +612,8 @@ cdef class Heap(Allocator):
         if h == NULL:
             return 0
         dropUserArenaChunks(h)     # arena chunks kept for reuse are free memory too
-        releaseSpares(h)           # and so are the classes' spare spans
+        zeroFlush(h)               # and large objects waiting to be cleared
+        releaseSpares(h)           # and the classes' spare spans
         c = peekmcache(h)          # and this thread's large spare (other
         if c != NULL:              # threads' go when they end)
             dropLargeSpare(c)
@@ -589,6 +634,7 @@ cdef class Heap(Allocator):
             return
         self.h.closed = 1
         self.h.special |= 1
+        zeroDisable(self.h)
         scavDisable(self.h)
         self.release()
         st = self._stats()
@@ -654,6 +700,17 @@ def _envDebug():
     if text == "1":
         return True
     raise ValueError(f"PYARENA_DEBUG must be 0 or 1, got {text!r}")
+def _envPrezero():
+    """PYARENA_PREZERO (0 or 1, in Go's habit of GODEBUG-style switches):
+    whether new heaps clear ahead of time; without it, on where the
+    process may use two CPUs or more (_mzero.prezeroDefault)."""
+    import os
+    text = os.environ.get("PYARENA_PREZERO", "").strip()
+    if text == "":
+        return prezeroDefault()
+    if text not in ("0", "1"):
+        raise ValueError(f"PYARENA_PREZERO must be 0 or 1, got {text!r}")
+    return text == "1"
 
 
 def _envProfileRate():

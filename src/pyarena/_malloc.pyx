@@ -66,7 +66,7 @@ cdef extern from "Python.h":
     # Without Cython's exception check, so that the clear can note how far
     # it got before the handler's exception propagates.
     int PyErr_CheckSignals() noexcept
-from pyarena._types cimport (mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
+from pyarena._types cimport (memOpen, memMalloclike, mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, pa_or64, pa_load8, pa_load32, pa_store16, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
                              CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES, MAX_ALLOC,
                              pa_lock, pa_unlock)
@@ -81,6 +81,7 @@ from pyarena._mgcpacer cimport paceCheck
 from pyarena._mdebug cimport (redzoneSize, armRedzone, redzoneDamage, freedDamage, poisonFreed,
                               dbgRecord, dbgWarn, FRESH_BYTE, DBG_REDZONE, DBG_FREED_WRITTEN,
                               DBG_BAD_FREE, DBG_DOUBLE_FREE)
+from pyarena._mzero cimport zeroKeep, clearMemory, clearDirty, dirtyRegions, pageRegion
 
 
 import warnings
@@ -222,6 +223,8 @@ cdef void freeOther(mheap* h, mspan* s, uintptr_t p, bint tiny) noexcept nogil:
         if s.nsampled:
             profilefree(h, s, p)
         countFree(h, c, 0, s.elemsize)
+        if h.zero.on and zeroKeep(h, s):
+            return              # to be cleared ahead of time (_mzero)
         if c != NULL and s.npages <= LARGE_SPARE_PAGES and not h.closed:
             keepLargeSpare(c, s)
         else:
@@ -355,62 +358,135 @@ cdef int memclrNoHeapPointersChunked(char* p, size_t n) except -1:
     preemptible between chunks). Clears of up to CLEAR_GIL_CHUNKS chunks
     (about 20-60 us) keep the GIL: releasing it would cost more than it
     lets other threads do. Call with the GIL held, on memory no other
-    thread can see."""
+    thread can see. The bytes are cleared by _mzero.clearMemory (stores
+    only over lines not zero already)."""
+    return clearChunked(p, n, 0, n)
+
+
+cdef int clearChunked(char* p, size_t n, size_t before, size_t whole) except -1:
+    """memclrNoHeapPointersChunked as one piece of a larger clear: before
+    bytes of the whole were dealt with already, which an interrupt's record
+    counts."""
     global _interruptedDone, _interruptedTotal, _interruptions
     cdef size_t chunk, total = n
     cdef int k
     if n <= CLEAR_CHUNK * CLEAR_GIL_CHUNKS:
-        memset(p, 0, n)
+        clearMemory(<uintptr_t>p, n)
         return 0
     while n:
         with nogil:
             for k in range(CLEAR_GIL_CHUNKS):
                 chunk = n if n < CLEAR_CHUNK else CLEAR_CHUNK
-                memset(p, 0, chunk)
+                clearMemory(<uintptr_t>p, chunk)
                 p += chunk
                 n -= chunk
                 if n == 0:
                     break
         if n and PyErr_CheckSignals() < 0:
-            _interruptedDone = total - n
-            _interruptedTotal = total
+            _interruptedDone = before + total - n
+            _interruptedTotal = whole
             _interruptions += 1
             return -1
     return 0
 
 
+cdef enum:
+    REGIONS = 16
+
+
+cdef int clearRun(mheap* h, uintptr_t a, uintptr_t b, mspan* s, uintptr_t end,
+                  bint gil, uintptr_t* cleared) except -1:
+    """Clear the page-aligned run [a, b) of large span s (ending at end),
+    skipping the pages the page tables show hold nothing (_mzero); in
+    interruptible chunks when gil (the GIL held), else at once (callable
+    without the GIL: nothing in it raises then). *cleared gets the bytes
+    it had to look at."""
+    cdef pageRegion regs[REGIONS]
+    cdef uintptr_t walk, x, y
+    cdef long k, i
+    while a < b:
+        k = dirtyRegions(a, b, regs, REGIONS, &walk)
+        if k < 0:
+            k = 1
+            regs[0].start = a
+            regs[0].end = b
+            walk = b
+        for i in range(k):
+            x = <uintptr_t>regs[i].start
+            y = <uintptr_t>regs[i].end
+            if x < a:
+                x = a
+            if y > walk:
+                y = walk
+            if y <= x:
+                continue
+            cleared[0] += y - x
+            if gil:
+                clearChunked(<char*>x, y - x, x - s.startAddr, end - s.startAddr)
+            else:
+                clearMemory(x, y - x)
+        a = walk
+    return 0
+
+
+cdef inline uintptr_t largeClearEnd(mspan* s, size_t nbytes) noexcept nogil:
+    return s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
+
+
 cdef int clearLarge(mheap* h, mspan* s, size_t nbytes) except -1:
     """Zero the first nbytes of large span s, skipping pages that still read
-    as zero (their scav bits are set): those are never touched, so they
-    cost no page fault."""
-    cdef uintptr_t end = s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
+    as zero: their scav bits are set, the worker cleared them ahead of time
+    (s.zeroed), or the page tables show them empty. Those are never
+    touched, so they cost no page fault. GIL held; the clear runs in
+    interruptible chunks (memclrNoHeapPointersChunked). Counted in the
+    heap's clearedByCaller and clearSkipped."""
+    cdef uintptr_t end = largeClearEnd(s, nbytes)
     cdef uintptr_t a = s.startAddr
     cdef uintptr_t b
-    if not s.needzero:
-        return 0
-    if s.freshindex:
-        # A large spare: every page was written; its scav bits are stale.
-        return memclrNoHeapPointersChunked(<char*>a, end - a)
-    while nextDirtyRun(h, &a, end, &b):
-        memclrNoHeapPointersChunked(<char*>a, b - a)
-        a = b
+    cdef uintptr_t cleared = 0
+    if s.needzero:
+        try:
+            if s.freshindex:
+                # A large spare or a span from the zeroing queue: its scav
+                # bits are stale, every page may be dirty but the prefix the
+                # worker cleared.
+                a += s.zeroed
+                if a < end:
+                    clearRun(h, a, end, s, end, True, &cleared)
+            else:
+                while nextDirtyRun(h, &a, end, &b):
+                    clearRun(h, a, b, s, end, True, &cleared)
+                    a = b
+        finally:
+            pa_add64(&h.clearedByCaller, cleared)
+    pa_add64(&h.clearSkipped, end - s.startAddr - cleared)
     return 0
 
 
 cdef void clearLargeNogil(mheap* h, mspan* s, size_t nbytes) noexcept nogil:
     """clearLarge for callers without the GIL (the C API, NumPy's calloc):
     the dirty pages are cleared with no look at signals."""
-    cdef uintptr_t end = s.startAddr + (((nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT) << PAGE_SHIFT)
+    cdef uintptr_t end = largeClearEnd(s, nbytes)
     cdef uintptr_t a = s.startAddr
     cdef uintptr_t b
-    if not s.needzero:
-        return
-    if s.freshindex:
-        memset(<void*>a, 0, end - a)
-        return
-    while nextDirtyRun(h, &a, end, &b):
-        memset(<void*>a, 0, b - a)
-        a = b
+    cdef uintptr_t cleared = 0
+    if s.needzero:
+        if s.freshindex:
+            a += s.zeroed
+            if a < end:
+                clearRunNogil(h, a, end, s, &cleared)
+        else:
+            while nextDirtyRun(h, &a, end, &b):
+                clearRunNogil(h, a, b, s, &cleared)
+                a = b
+        pa_add64(&h.clearedByCaller, cleared)
+    pa_add64(&h.clearSkipped, end - s.startAddr - cleared)
+
+
+cdef void clearRunNogil(mheap* h, uintptr_t a, uintptr_t b, mspan* s,
+                        uintptr_t* cleared) noexcept nogil:
+    cdef uintptr_t n = clearDirty(a, b)
+    cleared[0] += n
 
 
 # ---------------------------------------------------------------------------
@@ -493,7 +569,9 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
     if large != NULL:
         s = large
         slot[0] = s.npages << PAGE_SHIFT
-        # The clear works in whole pages: before the redzone is armed.
+        # The clear works in whole pages: before the redzone is armed. A
+        # spare may still be closed to the sanitizers from its last free.
+        memOpen(p, slot[0])
         if zero:
             clearLargeNogil(h, s, n)
         else:
@@ -507,9 +585,11 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
             off = freedDamage(p, slot[0])
             if off >= 0:
                 dbgRecord(h, DBG_FREED_WRITTEN, p, slot[0], off, 0, NULL)
+        memOpen(p, slot[0])
         memset(<void*>p, 0 if zero else FRESH_BYTE, n)
     s.redzones = 1
-    armRedzone(p, n, slot[0])
+    armRedzone(p, n, slot[0])           # and closes the redzone
+    memMalloclike(p, n, zero)
     pa_unlock(&h.dbgLock)
     if c.gcCredit < 0:
         paceCheck(c)        # chargeCredit leaves it to us: see _mgcpacer.pxd

@@ -44,6 +44,8 @@ from pyarena._mheap cimport allocSpan, freeSpan, mheap_destroy
 from pyarena._mcache cimport threadSelf, tcacheSlot
 from pyarena._mprof cimport armCache, countAlloc, mprofDestroy
 from pyarena._mgcpacer cimport chargeCredit
+from pyarena._mzero cimport zeroTake, zeroDisable
+from pyarena._types cimport ZERO_MIN_PAGES
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned int pthread_key_t
@@ -129,6 +131,7 @@ cdef void releaseHeap(mheap* h) noexcept:
     if h.regNext != NULL:
         h.regNext.regPrev = h.regPrev
     pa_unlock(&_registry)
+    zeroDisable(h)          # the zeroing worker out of its memory first
     mprofDestroy(h)
     mheap_destroy(h)
 
@@ -271,9 +274,11 @@ cdef void releaseTiny(mcache* c) noexcept nogil:
 
 cdef mspan* allocLarge(mcache* c, uintptr_t npages) noexcept nogil:
     """A span of its own for one large object (Go: mcache.allocLarge): the
-    cache's large spare when it has the size, else from the page heap. A
+    cache's large spare when it has the size, else a span of that size
+    from the heap's zeroing queue (_mzero), else from the page heap. A
     fresh span's scav bits say which pages still read as zero; a spare's
-    pages are all dirty (freshindex 1). See _malloc.clearLarge."""
+    pages are all dirty (freshindex 1), and a queued span's too but for
+    the s.zeroed bytes cleared ahead of time. See _malloc.clearLarge."""
     cdef mspan* s = c.largeSpare
     if s != NULL and s.npages == npages:
         c.largeSpare = NULL
@@ -281,10 +286,18 @@ cdef mspan* allocLarge(mcache* c, uintptr_t npages) noexcept nogil:
         s.list = inNoList
         s.freeBits[0] = 0
         s.needzero = 1
+        s.zeroed = 0
     else:
-        s = allocSpan(c.heap, npages, 0)
-        if s == NULL:
-            return NULL
+        s = NULL
+        if npages >= ZERO_MIN_PAGES and c.heap.zero.on:
+            s = zeroTake(c.heap, npages)
+        if s != NULL:
+            s.freeBits[0] = 0
+            s.needzero = 1
+        else:
+            s = allocSpan(c.heap, npages, 0)
+            if s == NULL:
+                return NULL
     s.allocCount = 1
     s.freeindex = 1
     c.nmalloc[0] += 1

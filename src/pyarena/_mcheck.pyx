@@ -42,6 +42,7 @@ from pyarena._types cimport (mheap, mspan, mcache, heapArena, mSpanList, mSpanIn
                              pa_load8)
 from pyarena._mspan cimport popcount64, ctz64, objIndex
 from pyarena._mheap cimport spanOf, arenaOf
+from pyarena._mzero cimport zeroCheck
 from pyarena._mcache cimport threadSelf
 from pyarena._mdebug cimport redzoneDamage, freedDamage
 
@@ -477,6 +478,7 @@ cdef object checkHeap(mheap* h):
     cdef mcache* c
     cdef int i
     cdef uint64_t counted
+    cdef uintptr_t bad
     k.h = h
     k.probs = NULL
     k.nprobs = 0
@@ -500,6 +502,9 @@ cdef object checkHeap(mheap* h):
             k.quiet = False
         c = c.next
     walk(&k)
+    bad = zeroCheck(h)          # the zeroing queue (_mzero)
+    if bad:
+        report(&k, P_SPAN_LIST, bad, 0)
     if k.quiet:
         counted = liveByCounts(h)
         if counted != k.objects:

@@ -39,7 +39,7 @@ while the GIL is waited for: reports are made after it is released.
 
 from libc.stdint cimport uintptr_t, intptr_t, uint64_t, uint8_t, uint32_t
 from libc.string cimport memset
-from pyarena._types cimport (mheap, mspan, DBG_FINDINGS, dbgFinding, PAGE_SHIFT, pa_add64,
+from pyarena._types cimport (memOpen, memClose, memFreelike, mheap, mspan, DBG_FINDINGS, dbgFinding, PAGE_SHIFT, pa_add64,
                              pa_lock, pa_unlock)
 from pyarena._mprof cimport bucketStack
 
@@ -72,12 +72,16 @@ cdef void armRedzone(uintptr_t p, size_t n, uintptr_t slot) noexcept nogil:
     its slot."""
     memset(<void*>(p + n), CANARY_BYTE, slot - 8 - n)
     (<uintptr_t*>(p + slot - 8))[0] = n ^ sizeKey(p)
+    memClose(p + n, slot - n)           # pyarena_sanitize.h's protocol
 
 
 cdef bint redzoneSizeOf(uintptr_t p, uintptr_t slot, size_t* n) noexcept nogil:
     """The object size the size word of the slot at p records, if the word
     is intact (it decodes to a size whose redzone fits the slot)."""
-    cdef uintptr_t v = (<uintptr_t*>(p + slot - 8))[0] ^ sizeKey(p)
+    cdef uintptr_t v
+    memOpen(p + slot - 8, 8)            # in a redzone or a freed slot: closed
+    v = (<uintptr_t*>(p + slot - 8))[0] ^ sizeKey(p)
+    memClose(p + slot - 8, 8)
     if v == 0 or v >= slot or slot - v < redzoneSize(v):
         return False
     n[0] = v
@@ -94,13 +98,18 @@ cdef intptr_t redzoneDamage(uintptr_t p, uintptr_t slot, size_t* n) noexcept nog
         n[0] = 0
         # Unknown end: the damage is at least the size word; report where
         # the canary run before it stops, the likeliest end of the write.
+        # (The slot is left open: where the object ends is not known.)
+        memOpen(p, slot)
         i = end
         while i > 0 and b[i - 1] == CANARY_BYTE:
             i -= 1
         return <intptr_t>end if i == end else <intptr_t>i
+    memOpen(p + n[0], slot - n[0])
     for i in range(n[0], end):
         if b[i] != CANARY_BYTE:
+            memClose(p + n[0], slot - n[0])
             return <intptr_t>i
+    memClose(p + n[0], slot - n[0])
     return -1
 
 
@@ -110,17 +119,25 @@ cdef intptr_t freedDamage(uintptr_t p, uintptr_t slot) noexcept nogil:
     cdef const uint64_t* w = <const uint64_t*>p
     cdef const uint8_t* b
     cdef uintptr_t i, k
+    memOpen(p, slot)
     for i in range(slot >> 3):
         if w[i] != 0xDDDDDDDDDDDDDDDDull:
             b = <const uint8_t*>&w[i]
             for k in range(8):
                 if b[k] != FREED_BYTE:
+                    memClose(p, slot)
                     return <intptr_t>(i * 8 + k)
+    memClose(p, slot)
     return -1
 
 
 cdef void poisonFreed(uintptr_t p, uintptr_t slot) noexcept nogil:
+    """The freed pattern over the slot of the object at p, which is then
+    closed to the sanitizers (a FREELIKE block for memcheck)."""
+    memFreelike(p)
+    memOpen(p, slot)
     memset(<void*>p, FREED_BYTE, slot)
+    memClose(p, slot)
 
 
 cdef void dbgRecord(mheap* h, int kind, uintptr_t addr, uintptr_t size, intptr_t offset,

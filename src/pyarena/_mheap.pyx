@@ -43,7 +43,7 @@ from pyarena._types cimport (
     PAGE_SHIFT, PAGE_SIZE, LOG_HEAP_ARENA_BYTES, ARENA_INDEX_BITS,
     ADDR_BITS, PAGES_PER_ARENA, HEAP_GROW_PAGES, MAX_FREE_LIST_PAGES,
     NUM_SIZE_CLASSES, TINY_SIZE_CLASS, pa_mutex, pa_mutex_init, pa_lock, pa_unlock,
-    pa_storeptr)
+    pa_storeptr, memOpen)
 from pyarena._mem cimport (sysAllocOS, sysFree, sysReserveAligned, sysMap, sysHugePage,
                            sysUnused, physPageSize, physHugePageSize)
 from pyarena._persistentalloc cimport persistentalloc, persistentfreeall, persistentHugePages
@@ -446,6 +446,9 @@ cdef mspan* allocSpanLocked(mheap* h, uintptr_t npages, int sizeclass) noexcept 
     h.pagesReleased -= nclean
     h.pagesInUse += npages
     initSpan(s, sizeclass, nclean < npages)
+    # Open to the sanitizers: the pages may hold a debug heap's closed
+    # slots from before (pyarena_sanitize.h).
+    memOpen(s.startAddr, npages << PAGE_SHIFT)
     return s
 
 

@@ -37,6 +37,7 @@ cdef void initSpan(mspan* s, int sizeclass, bint needzero) noexcept nogil:
     s.allocCount = 0
     s.nfreed = 0
     s.freshindex = 0
+    s.zeroed = 0
     s.incache = 0
     memset(s.allocBits, 0, sizeof(s.allocBits))
     memset(s.freeBits, 0, sizeof(s.freeBits))

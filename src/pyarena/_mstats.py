@@ -76,6 +76,18 @@ class MemStats:
         Damage a debug heap found: redzones overwritten (overflows) and
         freed slots written (writes after free). Always 0 on a release
         heap, which does not look.
+    cleared_ahead : int
+        Bytes of freed large objects the zeroing worker cleared ahead of
+        time, on an idle core (``Heap(prezero=True)``), cumulative.
+    cleared_by_caller : int
+        Bytes of zeroed large allocations the allocating thread had to
+        look at and clear itself, cumulative.
+    clear_skipped : int
+        Bytes of zeroed large allocations not cleared because they were
+        known zero: fresh or released pages, pages cleared ahead of time,
+        pages the page tables show were never written. With
+        ``cleared_by_caller`` it adds up to the page-rounded size of every
+        zeroed large allocation.
     by_size : tuple of SizeClassStats
         One record per size class 0..67.
     gc_triggered : int
@@ -110,6 +122,9 @@ class MemStats:
     sweeps: int
     invalid_frees: int
     corruptions: int
+    cleared_ahead: int
+    cleared_by_caller: int
+    clear_skipped: int
     by_size: tuple[SizeClassStats, ...]
     gc_triggered: int = 0
     next_gc: int = 0
@@ -147,12 +162,12 @@ class MemStats:
 
 _SCALARS = ("heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
             "heap_objects", "mallocs", "frees", "total_alloc", "metadata_sys",
-            "persistent_chunks", "sweeps", "invalid_frees", "corruptions",
-            "gc_triggered", "next_gc", "limit_released", "scavenger_released",
-            "cap_refused", "metadata_huge_pages")
+            "persistent_chunks", "sweeps", "invalid_frees", "corruptions", "cleared_ahead",
+            "cleared_by_caller", "clear_skipped", "gc_triggered", "next_gc", "limit_released",
+            "scavenger_released", "cap_refused", "metadata_huge_pages")
 _BYTES = {"heap_alloc", "heap_sys", "heap_idle", "heap_inuse", "heap_released",
-          "total_alloc", "metadata_sys", "next_gc", "limit_released",
-          "scavenger_released"}
+          "total_alloc", "metadata_sys", "cleared_ahead", "cleared_by_caller",
+          "clear_skipped", "next_gc", "limit_released", "scavenger_released"}
 
 
 def _human(n: int) -> str:

@@ -22,6 +22,7 @@ from pyarena._heap cimport Heap
 from pyarena._mcache cimport dropLargeSpare, getmcacheGIL, liveHeaps
 from pyarena._mcheck cimport checkHeap
 from pyarena._malloc cimport clearInterruptions
+from pyarena._mzero cimport zeroFlush
 from pyarena._mcentral cimport freeSlot
 from pyarena._mspan cimport freeSlotLocal
 
@@ -271,10 +272,13 @@ cdef class SpanSim:
 
 def drop_large_spare(Heap heap):
     """Give the calling thread's large spare back to the page heap, as if
-    another large free had replaced it; True if there was one."""
-    cdef mcache* c = getmcacheGIL(heapOf(heap))
-    cdef bint had = c.largeSpare != NULL
+    another large free had replaced it, and the large objects waiting in
+    the heap's zeroing queue (_mzero) with it; True if there was any."""
+    cdef mheap* h = heapOf(heap)
+    cdef mcache* c = getmcacheGIL(h)
+    cdef bint had = c.largeSpare != NULL or h.zero.queue.first != NULL
     dropLargeSpare(c)
+    zeroFlush(h)
     return had
 
 
@@ -330,6 +334,8 @@ def corrupt(Heap heap, uintptr_t addr, str what):
         ha.spans[(last - ha.base) >> PAGE_SHIFT] = <mspan*><uintptr_t>0xdead0000
     elif what == "pages_released":
         h.pagesReleased += 1
+    elif what == "zero_queue":
+        h.zero.npages += 1
     else:
         raise ValueError(f"unknown damage {what!r}")
 
@@ -407,6 +413,33 @@ def sample_intervals(Heap heap, Py_ssize_t n):
 
 from pyarena._types cimport pyarena_allocator
 
+cdef extern from "pyarena_sanitize.h" nogil:
+    void memRaw "pyarena_mem_raw"(uintptr_t p, size_t n, const void* src, void* dst)
+    int sanitizerFlags "pyarena_sanitizer_flags"()
+
+
+def sanitizers():
+    """The sanitizers pyarena was built for: {"address": bool, "valgrind": bool}."""
+    cdef int f = sanitizerFlags()
+    return {"address": bool(f & 1), "valgrind": bool(f & 2)}
+
+
+def poke(uintptr_t addr, const unsigned char[:] data):
+    """Write data at addr as a wild write would, past the sanitizers (for
+    tests of the debug heap's own reports): ctypes.memset there is stopped
+    by AddressSanitizer in an ASAN build, as it should be."""
+    if data.shape[0]:
+        memRaw(addr, data.shape[0], &data[0], NULL)
+
+
+def peek(uintptr_t addr, size_t n):
+    """n bytes at addr, read past the sanitizers (see poke)."""
+    out = bytearray(n)
+    cdef unsigned char[:] v = out
+    if n:
+        memRaw(addr, n, NULL, &v[0])
+    return bytes(out)
+
 
 def capi_malloc(Heap heap not None, size_t size, Py_ssize_t n, bint nogil=True):
     """n allocations of size bytes through the heap's C-level table, made
@@ -435,6 +468,74 @@ def capi_free(Heap heap not None, addrs):
     cdef const pyarena_allocator* t = heap._capi
     for a in addrs:
         t.free(t.ctx, <void*><uintptr_t>a)
+
+
+# -- clearing ahead of time (_mzero) ----------------------------------------
+
+from pyarena._mzero cimport (zeroWorkerInfo, prezeroDefault, dirtyRegions, pageRegion,
+                             zeroSetIdle)
+
+
+def zero_worker():
+    """The zeroing worker's state: dict(running, sleeping, wakeups, idle)."""
+    cdef int running, sleeping, idle
+    cdef uint64_t wakeups
+    zeroWorkerInfo(&running, &sleeping, &wakeups, &idle)
+    return dict(running=bool(running), sleeping=bool(sleeping), wakeups=wakeups,
+                idle=bool(idle))
+
+
+def prezero_default():
+    """Whether new heaps clear ahead of time when nothing says otherwise."""
+    return prezeroDefault()
+
+
+def dirty_regions(uintptr_t a, uintptr_t b):
+    """The page tables' view of [a, b) (page-aligned): a list of (start,
+    end) runs that may hold data, or None when the kernel cannot tell."""
+    cdef pageRegion regs[64]
+    cdef uintptr_t walk
+    cdef long k, i
+    out = []
+    while a < b:
+        k = dirtyRegions(a, b, regs, 64, &walk)
+        if k < 0:
+            return None
+        for i in range(k):
+            out.append((<uintptr_t>regs[i].start, min(<uintptr_t>regs[i].end, walk)))
+        a = walk
+    return out
+
+
+def zero_queue(Heap heap not None):
+    """The heap's zeroing queue: a list of (start, pages, bytes cleared
+    ahead), oldest first, and whether prezero is on."""
+    cdef mheap* h = heap.h
+    cdef mspan* s
+    if h == NULL:
+        return [], False
+    out = []
+    s = h.zero.queue.first
+    while s != NULL:
+        out.append((s.startAddr, s.npages, s.zeroed))
+        s = s.next
+    return out, bool(h.zero.on)
+
+
+def set_zero_idle(verdict):
+    """Make the zeroing worker's idle-core test say True or False, or look
+    at the machine again (None)."""
+    zeroSetIdle(-1 if verdict is None else (1 if verdict else 0))
+
+
+def capi_calloc(Heap heap not None, size_t size):
+    """One calloc(1, size) through the heap's C-level table, made without
+    the GIL; its address (0 if it failed). Free it with capi_free."""
+    cdef const pyarena_allocator* t = heap._capi
+    cdef uintptr_t p
+    with nogil:
+        p = <uintptr_t>t.calloc(t.ctx, 1, size)
+    return p
 
 
 # -- the pacer and the limits (_mgcpacer) ------------------------------------

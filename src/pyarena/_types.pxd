@@ -62,6 +62,15 @@ cdef extern from "pyarena_atomic.h" nogil:
 # The public C-level function table (pyarena_capi.h), one per heap.
 from pyarena._capi_h cimport pyarena_allocator
 
+# What a debug heap tells AddressSanitizer and memcheck (empty without them).
+cdef extern from "pyarena_sanitize.h" nogil:
+    void memOpen "pyarena_mem_open"(uintptr_t p, size_t n)
+    void memClose "pyarena_mem_close"(uintptr_t p, size_t n)
+    void memMalloclike "pyarena_mem_malloclike"(uintptr_t p, size_t n, int zeroed)
+    void memFreelike "pyarena_mem_freelike"(uintptr_t p)
+    int sanitizerFlags "pyarena_sanitizer_flags"()
+
+
 cdef extern from "sizeclasses.h" nogil:
     const uint32_t pyarena_class_to_size[]
     const uint8_t pyarena_class_to_allocnpages[]
@@ -121,6 +130,14 @@ cdef enum:
     SPARE_BYTES = 256 << 10
     # Arena chunks a heap keeps for reuse after their arena is done.
     CHUNK_POOL_MAX = 4
+    # Clearing ahead of time (_mzero): freed large objects of at least
+    # ZERO_MIN_PAGES (2 MiB) wait in the heap's zeroing queue, at most
+    # ZERO_QUEUE_SPANS of them and ZERO_QUEUE_PAGES (256 MiB) in all; the
+    # worker clears ZERO_CHUNK at a time, so a taker waits at most that.
+    ZERO_MIN_PAGES = 256
+    ZERO_QUEUE_SPANS = 4
+    ZERO_QUEUE_PAGES = 32768
+    ZERO_CHUNK = 64 << 10
 
 
 cdef extern from *:
@@ -192,6 +209,8 @@ cdef struct mspan:
     uint8_t needzero          # the span's pages may hold old data
     uint8_t incache           # an mcache allocates from it
     uint8_t list              # spanList: which list it is on
+    uintptr_t zeroed          # a large span from the zeroing queue (_mzero):
+                              # bytes from startAddr cleared ahead of time
     uint64_t allocCache       # complement of allocBits from freeindex on
     # The cache allocating from this span and its thread's thread pointer
     # (0 when no cache holds it): a free compares ownerThread with its own
@@ -327,6 +346,20 @@ cdef struct mcache:
     int64_t gcCredit
 
 
+cdef struct mzero:
+    # A heap's part in clearing ahead of time (_mzero.pyx). Guarded by
+    # _mzero's lock, a leaf: no other lock is taken while it is held.
+    uint8_t on                # freed large spans go to the queue
+    mheap* next               # the worker's list of heaps with prezero on
+    mSpanList queue           # freed large spans (list inSpare), oldest first
+    uintptr_t npages          # pages on the queue
+    uintptr_t nspans
+    mspan* current            # the queued span the worker is clearing
+    mspan* busy               # the span the worker is inside a chunk of
+                              # now (atomic): a taker waits for it to go
+    int64_t lastKeep          # when the newest span was queued (ns)
+
+
 cdef struct arenaReservation:
     arenaReservation* next
     uintptr_t base
@@ -445,4 +478,10 @@ cdef struct mheap:
     uint64_t retiredFreedBytes
     uint64_t nsweeps
     uint64_t ngrow
+    # Clearing large objects (_mzero; atomic): bytes cleared by the worker,
+    # by the allocating thread, and not cleared because known zero.
+    mzero zero
+    uint64_t clearedAhead
+    uint64_t clearedByCaller
+    uint64_t clearSkipped
     mpacer pacer
