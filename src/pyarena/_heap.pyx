@@ -75,6 +75,11 @@ cdef class Heap(Allocator):
         ``heap_profile``.
     debug : bool, optional
         A debug heap (redzones, fill patterns, reports of misuse).
+    prezero : bool, optional
+        Clear freed large objects (2 MiB and up) ahead of time on an idle
+        core, so that the next ``zeros`` of their size finds them clear
+        (see ``prezero``). By default on when the process may use two CPUs
+        or more and ``PYARENA_PREZERO`` is not ``0``.
     gogc : int, optional
         Pace Python's collector by this heap's bytes, as GOGC paces Go's:
         a full ``gc.collect()`` is requested once ``heap_alloc`` has grown
@@ -98,11 +103,6 @@ cdef class Heap(Allocator):
         Run the background scavenger for this heap: idle pages free for a
         second or more go back to the OS, a few MiB per tenth of a second,
         on a native thread. Default: on when a limit is set.
-    prezero : bool, optional
-        Clear freed large objects (2 MiB and up) ahead of time on an idle
-        core, so that the next ``zeros`` of their size finds them clear
-        (see ``prezero``). By default on when the process may use two CPUs
-        or more and ``PYARENA_PREZERO`` is not ``0``.
 
     Notes
     -----

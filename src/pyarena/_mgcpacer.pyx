@@ -467,16 +467,20 @@ cdef void scavStop() noexcept nogil:
 def _scavenger_state():
     """Testing: (running, passes, heaps looked at)."""
     cdef mheap* h
-    cdef int n = 0
+    cdef int n = 0, running
+    cdef uint64_t passes
+    # Counted under the lock, turned into objects after it (making objects
+    # may run a collection whose finalizers close a heap: scavDisable).
     with nogil:
         slock(SLOCK)
-    h = _scavHeaps
-    while h != NULL:
-        n += 1
-        h = h.pacer.scavNext
-    r = (bool(_running), _passes, n)
-    sunlock(SLOCK)
-    return r
+        h = _scavHeaps
+        while h != NULL:
+            n += 1
+            h = h.pacer.scavNext
+        running = _running
+        passes = _passes
+        sunlock(SLOCK)
+    return (bool(running), passes, n)
 
 
 # fork: slock is held across it; the child has no scavenger thread, and
