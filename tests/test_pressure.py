@@ -371,6 +371,29 @@ def test_scavenger_returns_idle_pages():
     assert _mgcpacer._scavenger_state()[2] == nheaps - 1
 
 
+def test_scavenger_releases_an_idle_zeroing_queue():
+    # Clearing ahead queues a freed large object for reuse; left alone for
+    # a second, the queue counts as idle memory and goes back too.
+    h = Heap(scavenge=True, prezero=True)
+    a = np.frombuffer(h.alloc(32 * MiB), dtype=np.uint8)
+    a[::4096] = 1
+    del a
+    gc.collect()
+    queued, on = _testing.zero_queue(h)
+    assert on and len(queued) == 1                  # queued, not a free run
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = h.stats()
+        if st.heap_released >= 32 * MiB:
+            break
+        time.sleep(0.05)
+    assert _testing.zero_queue(h)[0] == []
+    assert st.scavenger_released >= 32 * MiB
+    identities(st)
+    h.check()
+    h.close()
+
+
 def test_scavenger_never_keeps_the_interpreter_alive():
     code = ("import pyarena; h = pyarena.Heap(scavenge=True); b = h.alloc(1 << 20); "
             "print('done')")

@@ -43,7 +43,9 @@ process, started when a heap asks (Heap(scavenge=True), or a limit set):
 every SCAV_PERIOD_MS it advances each heap's generation and releases up to
 SCAV_PAGES dirty free pages of runs freed at least SCAV_MIN_AGE
 generations ago (any free run while retained is over 95% of the memory
-limit: Go's memory-limit goal). It never holds the GIL and never touches
+limit: Go's memory-limit goal); a heap's zeroing queue (_mzero) that
+nothing joined for a second is flushed to the page heap first, so that
+its spans age like any free run. It never holds the GIL and never touches
 a Python object; close() takes a heap out of its sight (waiting while it
 is inside that heap), and an atexit hook stops it. It is detached: it
 never keeps the interpreter from exiting.
@@ -56,6 +58,7 @@ leaf lock never held while a heap lock is taken.
 from libc.stdint cimport int64_t, uint64_t, uint32_t, int32_t, uintptr_t
 from pyarena._types cimport mheap, mcache, PAGE_SHIFT, pa_lock, pa_unlock, pa_load64, pa_add64
 from pyarena._mheap cimport scavengeLocked
+from pyarena._mzero cimport zeroFlushIdle
 
 cdef extern from "Python.h":
     int Py_AddPendingCall(int (*func)(void*) noexcept, void* arg) noexcept nogil
@@ -152,6 +155,12 @@ cdef enum:
     SCAV_PERIOD_MS = 100
     SCAV_PAGES = (8 << 20) >> PAGE_SHIFT
     SCAV_MIN_AGE = 10
+
+# A zeroing queue (_mzero) nothing was added to for this long is idle
+# memory too: flushed to the page heap, where the scavenger finds it
+# SCAV_MIN_AGE periods later (released pages read as zero, so the next
+# zeros() of its size needs no clear either way).
+cdef int64_t QUEUE_IDLE_NS = 1000000000
 
 # What a thread's credit becomes when there is nothing to watch (no gogc):
 # it never looks again (a heap's gogc is fixed when it is made).
@@ -409,6 +418,7 @@ cdef void scavengeStep(mheap* h) noexcept nogil:
     cdef uint64_t retained
     cdef uint32_t minAge = SCAV_MIN_AGE
     cdef uintptr_t n
+    zeroFlushIdle(h, QUEUE_IDLE_NS)
     pa_lock(&h.lock)
     h.pacer.epoch += 1
     retained = h.pagesMapped - h.pagesReleased

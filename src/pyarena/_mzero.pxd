@@ -1,5 +1,5 @@
 # Clearing ahead of time, and knowing what is still zero. See _mzero.pyx.
-from libc.stdint cimport uint64_t, uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t, int64_t
 from pyarena._types cimport mheap, mspan
 
 cdef extern from *:
@@ -23,6 +23,7 @@ cdef void zeroEnable(mheap* h) noexcept nogil
 cdef bint zeroKeep(mheap* h, mspan* s) noexcept nogil
 cdef mspan* zeroTake(mheap* h, uintptr_t npages) noexcept nogil
 cdef void zeroFlush(mheap* h) noexcept nogil
+cdef bint zeroFlushIdle(mheap* h, int64_t idleNs) noexcept nogil
 cdef void zeroDisable(mheap* h) noexcept nogil
 cdef uintptr_t zeroCheck(mheap* h) noexcept nogil
 cdef void zeroWorkerInfo(int* running, int* sleeping, uint64_t* wakeups, int* idle) noexcept nogil

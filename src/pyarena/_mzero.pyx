@@ -547,6 +547,19 @@ cdef void zeroFlush(mheap* h) noexcept nogil:
         releaseSpan(h, s)
 
 
+cdef bint zeroFlushIdle(mheap* h, int64_t idleNs) noexcept nogil:
+    """zeroFlush when nothing was queued for idleNs: the background
+    scavenger (_mgcpacer) treats a queue left alone that long as idle
+    memory, and gives it back like any free run. Whether it flushed."""
+    cdef bint idle
+    zlock(ZLOCK)
+    idle = h.zero.on and h.zero.queue.first != NULL and nowNs() - h.zero.lastKeep > idleNs
+    zunlock(ZLOCK)
+    if idle:
+        zeroFlush(h)
+    return idle
+
+
 cdef void zeroDisable(mheap* h) noexcept nogil:
     """Prezero off for h, its queue flushed, the worker out of its memory
     for good (close(), and before the heap is unmapped)."""
