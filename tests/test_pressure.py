@@ -295,7 +295,7 @@ def test_limits_turn_prezero_off():
 def test_hard_cap_every_path():
     h = Heap(max_bytes=64 * MiB, scavenge=False)
     a = h.alloc(32 * MiB)
-    with pytest.raises(MemoryError):
+    with pytest.raises(MemoryError, match="max_bytes"):
         h.alloc(48 * MiB)
     with pytest.raises(MemoryError):
         h.zeros(48 * MiB // 8)

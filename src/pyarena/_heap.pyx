@@ -294,6 +294,7 @@ cdef class Heap(Allocator):
         cdef mspan* large
         cdef uintptr_t p
         cdef int cls
+        cdef uint64_t refused
         if self._closed or h == NULL:
             raise ValueError("allocation from a closed heap")
         pl.h = h
@@ -313,8 +314,12 @@ cdef class Heap(Allocator):
             raise ValueError("allocation from a closed heap")
         if h.debug:
             return self._placeDebug(c, nbytes, align, zero, pl)
+        refused = h.pacer.capRefused
         p = mallocgc(c, nbytes, align, zero, &cls, &large)
         if p == 0:
+            if h.pacer.capRefused != refused:
+                raise MemoryError(f"cannot allocate {nbytes} bytes: the heap's max_bytes "
+                                  f"({h.pacer.maxBytes}) would be passed")
             return None
         if large != NULL:
             try:
