@@ -6,6 +6,16 @@ from pathlib import Path
 import pyarena
 
 
+def glibc_malloc() -> bool:
+    """Whether malloc is glibc's own, so that mallopt (tune_malloc) takes:
+    not under a sanitizer's runtime (the ASAN pass of CI), whose malloc
+    replaces glibc's and refuses mallopt."""
+    import platform
+
+    from pyarena import _testing
+    return platform.libc_ver()[0] == "glibc" and not _testing.sanitizers()["address"]
+
+
 def pyarena_env(**extra: str) -> dict[str, str]:
     """The current environment for a subprocess, with the directory holding
     the pyarena under test first on PYTHONPATH (whatever the subprocess's

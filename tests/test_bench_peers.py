@@ -3,13 +3,13 @@ bookkeeping. No timing is asserted and no peer allocator is needed: the
 runs here use NumPy's default handler and pyarena's."""
 
 import json
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from pyarena import _bench_peers as bp
+from support import glibc_malloc
 
 DEFAULT = dict(name="numpy", handler="numpy", env={}, peer=None)
 PYARENA = dict(name="pyarena", handler="pyarena", env={}, peer=None)
@@ -60,7 +60,7 @@ def test_runner_command_line_prints_one_json_line():
     res = json.loads(lines[0])
     assert res["workload"] == "churn" and res["handler"] == "pyarena" and len(res["runs"]) == 2
     assert res["pyarena"]["mallocs"] >= 3 * 64       # 64 arrays a pass, at the least
-    assert res["mallopt"] is (platform.libc_ver()[0] == "glibc")
+    assert res["mallopt"] is glibc_malloc()
 
 
 def test_runner_refuses_an_unknown_workload():

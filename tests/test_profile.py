@@ -764,9 +764,11 @@ def test_the_cli_profiles_a_numpy_script_and_names_its_lines(tmp_path):
             assert not any("pyarena" in f[0] and "__main__" in f[0] for f in frames)
     # Line TEMP: one array of 800 KB a call (NumPy adds 1.0 into the
     # temporary x * 2.0 in place: its elision of large temporaries), all
-    # freed; line KEEP: 10, all kept.
+    # freed; line KEEP: 10, all kept. NumPy elides only when its look at
+    # the C stack allows: with a sanitizer's runtime preloaded it does not,
+    # and each call makes two.
     temp, kept = by_line[lines["LINE_TEMP"]], by_line[lines["LINE_KEEP"]]
-    assert temp[0] == 10 and temp[2] == 0
+    assert temp[0] in (10, 20) and temp[2] == 0
     assert kept[0] == 10 and kept[2] == 10 and kept[3] >= 10 * 800_000
     assert f"numeric.py:{lines['LINE_KEEP']}" in r.stderr
     assert "In use when the script ended" in r.stderr and "Allocated over the run" in r.stderr

@@ -253,4 +253,7 @@ def test_native_skip_drops_innermost_frames(mods):
 def test_a_deep_native_stack_is_truncated(mods):
     frames, truncated = mods["fast"].capture_native(60)
     assert len(frames) == 32 and truncated
-    assert [f[1] for f in frames[1:]].count("stacktest_native_recurse") >= 30
+    # Under a preloaded sanitizer runtime (CI's ASAN pass) its interceptor's
+    # frame sits between the leaf and the recursion, and takes one place.
+    runtime = sum(1 for f in frames if f[0] and "libasan" in f[0])
+    assert [f[1] for f in frames[1:]].count("stacktest_native_recurse") >= 30 - runtime

@@ -22,7 +22,6 @@ the Python boundary. Nothing here touches Python objects.
 
 from libc.stdint cimport uintptr_t
 from libc.stdio cimport FILE, fopen, fscanf, fclose
-from pyarena._types cimport memOpen
 
 cdef extern from "<sys/mman.h>" nogil:
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, long offset)
@@ -116,7 +115,6 @@ cdef void sysFault(void* v, size_t n) noexcept nogil:
 
 cdef void sysFree(void* v, size_t n) noexcept nogil:
     """Return the address range to the OS entirely."""
-    memOpen(<uintptr_t>v, n)    # ASAN's shadow of a debug heap's slots outlives the mapping
     munmap(v, n)
 
 

@@ -98,6 +98,11 @@ cdef void mheap_destroy(mheap* h) noexcept nogil:
     r = h.reservations
     while r != NULL:
         nxt = r.next
+        if h.debug:
+            # ASAN's shadow outlives the mapping: a debug heap's closed
+            # slots must not stay poisoned for whoever maps the range next.
+            # (Only a debug heap closes memory: pyarena_sanitize.h.)
+            memOpen(r.base, r.size)
         sysFree(<void*>r.base, r.size)
         r = nxt
     persistentfreeall(&h.persistent)

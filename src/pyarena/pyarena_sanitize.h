@@ -23,8 +23,8 @@
  *   - pyarena itself opens what it must read or write (the size word, a
  *     redzone, a freed slot), and closes it again after;
  *   - a span the page heap hands out is opened whole (it may hold a debug
- *     heap's closed slots from before), and so is memory before munmap
- *     (ASAN's shadow outlives the mapping).
+ *     heap's closed slots from before), and so is a debug heap's memory
+ *     before munmap (ASAN's shadow outlives the mapping).
  */
 #ifndef PYARENA_SANITIZE_H
 #define PYARENA_SANITIZE_H
