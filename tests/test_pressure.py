@@ -323,6 +323,26 @@ def test_hard_cap_every_path():
     h.close()
 
 
+def test_hard_cap_gives_back_pooled_memory_before_refusing():
+    # A freed arena's chunk waits in the heap's pool, idle but counted: the
+    # cap must give it (and spares) back before it refuses (found in review:
+    # refused with nothing live).
+    h = Heap(max_bytes=96 * MiB, scavenge=False, prezero=False)
+    a = Arena(48 * MiB, heap=h)
+    x = a.alloc(100)
+    del x, a
+    gc.collect()
+    st = h.stats()
+    assert st.heap_objects == 1                     # the pooled chunk
+    b = h.alloc(64 * MiB)
+    st = h.stats()
+    assert st.heap_objects == 1 and st.heap_sys - st.heap_released <= 96 * MiB
+    identities(st)
+    h.check()
+    del b
+    h.close()
+
+
 def test_hard_cap_small_objects():
     h = Heap(max_bytes=1 * MiB, scavenge=False)
     blocks = []

@@ -177,9 +177,11 @@ cdef class Heap(Allocator):
                 pacerForget(h)
         self.profile_rate = profile_rate
         self._setLimit(limit)
+        cdef int64_t capBytes = -1 if cap is None else <int64_t>cap
+        cdef uint64_t capPages = 0 if cap is None else <uint64_t>capBytes >> PAGE_SHIFT
         pa_lock(&h.lock)
-        h.pacer.maxBytes = -1 if cap is None else cap
-        h.pacer.maxPages = 0 if cap is None else <uint64_t>cap >> PAGE_SHIFT
+        h.pacer.maxBytes = capBytes
+        h.pacer.maxPages = capPages
         pa_unlock(&h.lock)
         if self._closed:
             pass                    # a closed heap has no scavenger
@@ -197,13 +199,17 @@ cdef class Heap(Allocator):
     cdef object _setLimit(self, limit):
         """Set the soft limit (None: none); the previous one."""
         cdef mheap* h = self.h
+        # C values on both sides of the lock: nothing under it may raise.
+        cdef int64_t new = -1 if limit is None else <int64_t>limit
+        cdef uint64_t pages = 0 if new < 0 else max(<uint64_t>new >> PAGE_SHIFT, 1)
+        cdef int64_t old
         pa_lock(&h.lock)
-        old = None if h.pacer.limitBytes < 0 else h.pacer.limitBytes
-        h.pacer.limitBytes = -1 if limit is None else limit
+        old = h.pacer.limitBytes
+        h.pacer.limitBytes = new
         # In whole pages, at least one (0 pages means none).
-        h.pacer.limitPages = 0 if limit is None else max(<uint64_t>limit >> PAGE_SHIFT, 1)
+        h.pacer.limitPages = pages
         pa_unlock(&h.lock)
-        return old
+        return None if old < 0 else old
 
     def set_memory_limit(self, limit):
         """Set the soft memory limit, like Go's ``debug.SetMemoryLimit``.
@@ -316,6 +322,21 @@ cdef class Heap(Allocator):
             return self._placeDebug(c, nbytes, align, zero, pl)
         refused = h.pacer.capRefused
         p = mallocgc(c, nbytes, align, zero, &cls, &large)
+        if p == 0 and h.pacer.capRefused != refused:
+            # The cap counts idle memory the page heap cannot release under
+            # its lock: pooled arena chunks, queued large objects, spare
+            # spans. Give them back (as release() does) and try once more.
+            dropUserArenaChunks(h)
+            zeroFlush(h)
+            releaseSpares(h)
+            dropLargeSpare(c)
+            # The first refusal does not count: the retry decides (one
+            # refused allocation is one in cap_refused).
+            pa_lock(&h.lock)
+            h.pacer.capRefused -= 1
+            refused = h.pacer.capRefused
+            pa_unlock(&h.lock)
+            p = mallocgc(c, nbytes, align, zero, &cls, &large)
         if p == 0:
             if h.pacer.capRefused != refused:
                 raise MemoryError(f"cannot allocate {nbytes} bytes: the heap's max_bytes "

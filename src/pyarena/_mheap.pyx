@@ -329,6 +329,7 @@ cdef mspan* allocPages(mheap* h, uintptr_t npages) noexcept nogil:
         t.startAddr = s.startAddr + (npages << PAGE_SHIFT)
         t.npages = s.npages - npages
         t.state = mSpanFree
+        t.freeEpoch = s.freeEpoch       # the rest is as old as the run it was
         setSpanEnds(h, t)
         spanListPush(freeListFor(h, t.npages), t, inFreePages)
         s.npages = npages
@@ -558,6 +559,15 @@ cdef uintptr_t scavengeLocked(mheap* h, uintptr_t npages, uint32_t minAge) noexc
     scavenger generations ago are left alone (0: any run). Pages released,
     counted in pagesReleased. Heap lock held."""
     cdef uintptr_t n = 0
+    cdef uintptr_t dirty
+    # No more than the dirty free pages there are: above a soft limit with
+    # live memory the cause, the excess never reaches 0, and the walk below
+    # must stop once nothing is left to release (it holds the heap lock).
+    if h.pagesMapped <= h.pagesInUse + h.pagesReleased:
+        return 0
+    dirty = h.pagesMapped - h.pagesInUse - h.pagesReleased
+    if npages > dirty:
+        npages = dirty
     cdef uintptr_t lastPages = ALL_PAGES
     cdef uintptr_t lastAddr = 0
     cdef mspan* s
@@ -593,6 +603,17 @@ cdef uintptr_t scavengeLocked(mheap* h, uintptr_t npages, uint32_t minAge) noexc
     return n
 
 
+cdef inline uint64_t dirtyIdle(mheap* h, uintptr_t taken) noexcept nogil:
+    """Dirty pages in the free runs, less the taken run's own (off the lists,
+    still counted free): all that scavengeLocked could release. Above a
+    soft limit with live memory the cause, the excess never reaches 0; the
+    walk must stop when this does (it holds the heap lock)."""
+    cdef uint64_t free = h.pagesMapped - h.pagesInUse
+    if free <= h.pagesReleased + taken:
+        return 0
+    return free - h.pagesReleased - taken
+
+
 cdef bint underLimits(mheap* h, mspan* s) noexcept nogil:
     """allocSpanLocked's look at the limits, for the free run s it took
     (off the free lists, its scav bits as they were): the pages it uses
@@ -605,14 +626,17 @@ cdef bint underLimits(mheap* h, mspan* s) noexcept nogil:
     cdef uintptr_t nclean = countScav(h, s.startAddr, s.npages)
     cdef uint64_t retained = h.pagesMapped - h.pagesReleased + nclean
     cdef uintptr_t r
-    if h.pacer.limitPages and retained > h.pacer.limitPages:
-        r = scavengeLocked(h, retained - h.pacer.limitPages, 0)
+    cdef uint64_t idle = dirtyIdle(h, s.npages - nclean)
+    if h.pacer.limitPages and retained > h.pacer.limitPages and idle:
+        r = scavengeLocked(h, min(retained - h.pacer.limitPages, idle), 0)
         h.pacer.limitReleased += r
         retained -= r
+        idle -= min(r, idle)
     if h.pacer.maxPages and retained > h.pacer.maxPages:
-        r = scavengeLocked(h, retained - h.pacer.maxPages, 0)
-        h.pacer.limitReleased += r
-        retained -= r
+        if idle:
+            r = scavengeLocked(h, min(retained - h.pacer.maxPages, idle), 0)
+            h.pacer.limitReleased += r
+            retained -= r
         if retained > h.pacer.maxPages:
             h.pacer.capRefused += 1
             insertFree(h, s)
