@@ -28,7 +28,7 @@ from pyarena._mcache cimport (registerHeap, releaseHeap, getmcacheGIL, peekmcach
                               dropLargeSpare)
 from pyarena._mcentral cimport releaseSpares
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, liveObject,
-                              dropUserArenaChunks, debugMalloc)
+                              dropUserArenaChunks, debugMalloc, mallocgcCapped)
 from pyarena._mdebug cimport dbgTake
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._capi cimport (initAllocator, closedAllocator, newHandlerCapsule,
@@ -321,22 +321,7 @@ cdef class Heap(Allocator):
         if h.debug:
             return self._placeDebug(c, nbytes, align, zero, pl)
         refused = h.pacer.capRefused
-        p = mallocgc(c, nbytes, align, zero, &cls, &large)
-        if p == 0 and h.pacer.capRefused != refused:
-            # The cap counts idle memory the page heap cannot release under
-            # its lock: pooled arena chunks, queued large objects, spare
-            # spans. Give them back (as release() does) and try once more.
-            dropUserArenaChunks(h)
-            zeroFlush(h)
-            releaseSpares(h)
-            dropLargeSpare(c)
-            # The first refusal does not count: the retry decides (one
-            # refused allocation is one in cap_refused).
-            pa_lock(&h.lock)
-            h.pacer.capRefused -= 1
-            refused = h.pacer.capRefused
-            pa_unlock(&h.lock)
-            p = mallocgc(c, nbytes, align, zero, &cls, &large)
+        p = mallocgcCapped(h, c, nbytes, align, zero, &cls, &large, True)
         if p == 0:
             if h.pacer.capRefused != refused:
                 raise MemoryError(f"cannot allocate {nbytes} bytes: the heap's max_bytes "

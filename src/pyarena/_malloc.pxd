@@ -177,3 +177,6 @@ cdef inline void countFree(mheap* h, mcache* c, int cls, uintptr_t nbytes) noexc
         pa_add64(&h.nfree[cls], 1)
         if nbytes:
             pa_add64(&h.freedBytes, nbytes)
+
+cdef uintptr_t mallocgcCapped(mheap* h, mcache* c, size_t size, size_t align, bint zero,
+                              int* cls, mspan** large, bint gil) noexcept nogil

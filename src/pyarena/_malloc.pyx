@@ -69,19 +69,20 @@ cdef extern from "Python.h":
 from pyarena._types cimport (memOpen, memMalloclike, mheap, mcache, mspan, TINY_SIZE, TINY_SIZE_CLASS, pa_addu8,
                              pa_add64, pa_or64, pa_load8, pa_load32, pa_store16, PAGE_SHIFT, PAGE_SIZE, CLEAR_CHUNK,
                              CLEAR_GIL_CHUNKS, CHUNK_POOL_MAX, LARGE_SPARE_PAGES, MAX_ALLOC,
-                             pa_lock, pa_unlock)
+                             pa_lock, pa_unlock, pa_load64)
 from pyarena._mspan cimport nextFreeFast, objIndex, isAllocated, isFreed, slotNeedsZero, \
     freeSlotLocal
 from pyarena._mcache cimport (nextFree, releaseTiny, allocTinyRefs, allocLarge, peekmcache,
-                              keepLargeSpare)
-from pyarena._mcentral cimport freeSlot
+                              keepLargeSpare, dropLargeSpare)
+from pyarena._mcentral cimport freeSlot, releaseSpares
 from pyarena._mprof cimport countAlloc, profilefree, sampleOf
 from pyarena._mheap cimport freeSpan, spanOf, nextDirtyRun
 from pyarena._mgcpacer cimport paceCheck
 from pyarena._mdebug cimport (redzoneSize, armRedzone, redzoneDamage, freedDamage, poisonFreed,
                               dbgRecord, dbgWarn, FRESH_BYTE, DBG_REDZONE, DBG_FREED_WRITTEN,
                               DBG_BAD_FREE, DBG_DOUBLE_FREE)
-from pyarena._mzero cimport zeroKeep, clearMemory, clearDirty, dirtyRegions, pageRegion
+from pyarena._mzero cimport (zeroKeep, clearMemory, clearDirty, dirtyRegions, pageRegion,
+                             zeroFlush)
 
 
 import warnings
@@ -658,3 +659,30 @@ cdef void freeLargeDebug(mheap* h, mspan* s, uintptr_t p, mcache* c) noexcept no
     pa_unlock(&h.dbgLock)
     if off >= 0:
         dbgWarn(h, DBG_REDZONE, p, n, off, 0, bucket)
+
+
+# ---------------------------------------------------------------------------
+# The hard cap's second chance (Heap(max_bytes=), _mgcpacer).
+
+cdef uintptr_t mallocgcCapped(mheap* h, mcache* c, size_t size, size_t align, bint zero,
+                              int* cls, mspan** large, bint gil) noexcept nogil:
+    """mallocgc, and when the hard cap refused it, once more after giving
+    back the idle memory the page heap cannot release under its lock
+    (large objects queued for clearing, the classes' spares, this thread's
+    large spare, and with the GIL held (gil) the pooled arena chunks,
+    which the GIL guards), as Heap.release() does. One refused allocation
+    counts once in capRefused. The Python face and the C-level API come
+    here for every allocation of a release heap."""
+    cdef uint64_t refused = pa_load64(&h.pacer.capRefused)
+    cdef uintptr_t p = mallocgc(c, size, align, zero, cls, large)
+    if p != 0 or pa_load64(&h.pacer.capRefused) == refused:
+        return p
+    if gil:
+        dropUserArenaChunks(h)
+    zeroFlush(h)
+    releaseSpares(h)
+    dropLargeSpare(c)
+    pa_lock(&h.lock)
+    h.pacer.capRefused -= 1
+    pa_unlock(&h.lock)
+    return mallocgc(c, size, align, zero, cls, large)
