@@ -178,5 +178,18 @@ cdef inline void countFree(mheap* h, mcache* c, int cls, uintptr_t nbytes) noexc
         if nbytes:
             pa_add64(&h.freedBytes, nbytes)
 
-cdef uintptr_t mallocgcCapped(mheap* h, mcache* c, size_t size, size_t align, bint zero,
-                              int* cls, mspan** large, bint gil) noexcept nogil
+cdef uintptr_t capRetry(mheap* h, mcache* c, size_t size, size_t align, bint zero,
+                        int* cls, mspan** large, bint gil) noexcept nogil
+
+
+cdef inline uintptr_t mallocgcCapped(mheap* h, mcache* c, size_t size, size_t align,
+                                     bint zero, int* cls, mspan** large, bint gil) noexcept nogil:
+    """mallocgc on the paths that can pass the hard cap (Heap(max_bytes=)):
+    every allocation of a release heap from the Python face and the
+    C-level API. A failure under a cap gets one retry after idle memory
+    is given back (capRetry, out of line); the inline part is one test of
+    the result and, on failure only, one of the cap."""
+    cdef uintptr_t p = mallocgc(c, size, align, zero, cls, large)
+    if p != 0 or h.pacer.maxPages == 0:
+        return p
+    return capRetry(h, c, size, align, zero, cls, large, gil)

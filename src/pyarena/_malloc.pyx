@@ -664,25 +664,27 @@ cdef void freeLargeDebug(mheap* h, mspan* s, uintptr_t p, mcache* c) noexcept no
 # ---------------------------------------------------------------------------
 # The hard cap's second chance (Heap(max_bytes=), _mgcpacer).
 
-cdef uintptr_t mallocgcCapped(mheap* h, mcache* c, size_t size, size_t align, bint zero,
-                              int* cls, mspan** large, bint gil) noexcept nogil:
-    """mallocgc, and when the hard cap refused it, once more after giving
-    back the idle memory the page heap cannot release under its lock
-    (large objects queued for clearing, the classes' spares, this thread's
-    large spare, and with the GIL held (gil) the pooled arena chunks,
-    which the GIL guards), as Heap.release() does. One refused allocation
-    counts once in capRefused. The Python face and the C-level API come
-    here for every allocation of a release heap."""
-    cdef uint64_t refused = pa_load64(&h.pacer.capRefused)
-    cdef uintptr_t p = mallocgc(c, size, align, zero, cls, large)
-    if p != 0 or pa_load64(&h.pacer.capRefused) == refused:
-        return p
+cdef uintptr_t capRetry(mheap* h, mcache* c, size_t size, size_t align, bint zero,
+                        int* cls, mspan** large, bint gil) noexcept nogil:
+    """mallocgcCapped's second chance, out of line: the hard cap refused
+    the allocation; give back the idle memory the page heap cannot release
+    under its lock (large objects queued for clearing, the classes'
+    spares, this thread's large spare, and with the GIL held (gil) the
+    pooled arena chunks, which the GIL guards), as Heap.release() does,
+    and try once more (after any failure under a cap: idle memory given
+    back helps an out-of-memory failure too). A retry the cap refuses
+    again is not counted twice in capRefused."""
+    cdef uint64_t refused
+    cdef uintptr_t p
     if gil:
         dropUserArenaChunks(h)
     zeroFlush(h)
     releaseSpares(h)
     dropLargeSpare(c)
-    pa_lock(&h.lock)
-    h.pacer.capRefused -= 1
-    pa_unlock(&h.lock)
-    return mallocgc(c, size, align, zero, cls, large)
+    refused = pa_load64(&h.pacer.capRefused)
+    p = mallocgc(c, size, align, zero, cls, large)
+    if p == 0 and pa_load64(&h.pacer.capRefused) != refused:
+        pa_lock(&h.lock)
+        h.pacer.capRefused -= 1
+        pa_unlock(&h.lock)
+    return p
