@@ -24,11 +24,9 @@ from pyarena._types cimport (mheap, mcache, mspan, PAGE_SHIFT, PAGE_SIZE, TINY_S
                              pa_unlock)
 from pyarena._mheap cimport mheap_new, scavengeAll
 from pyarena._mgcpacer cimport scavEnable, scavDisable, setGoal, pacerEnable, pacerForget
-from pyarena._mcache cimport (registerHeap, releaseHeap, getmcacheGIL, peekmcache,
-                              dropLargeSpare)
-from pyarena._mcentral cimport releaseSpares
+from pyarena._mcache cimport registerHeap, releaseHeap, getmcacheGIL, peekmcache
 from pyarena._malloc cimport (zerobaseAddr, mallocgc, freeObject, clearLarge, liveObject,
-                              dropUserArenaChunks, debugMalloc, mallocgcCapped)
+                              dropUserArenaChunks, debugMalloc, mallocgcCapped, releaseIdle)
 from pyarena._mdebug cimport dbgTake
 from pyarena._face cimport Allocator, Block, placement
 from pyarena._capi cimport (initAllocator, closedAllocator, newHandlerCapsule,
@@ -44,7 +42,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_Occurred
 from pyarena._types cimport pyarena_size_to_class8_align16, SMALL_SIZE_MAX
 from pyarena._types cimport NUMPY_TRACE_DOMAIN, PyTraceMalloc_Track
-from pyarena._mzero cimport zeroEnable, zeroFlush, zeroDisable, prezeroDefault
+from pyarena._mzero cimport zeroEnable, zeroDisable, prezeroDefault
 from pyarena._mstats import MemStats, SizeClassStats
 from pyarena._mcheck import HeapCorruptionError, HeapProblem
 
@@ -619,15 +617,11 @@ cdef class Heap(Allocator):
             Bytes released by this call.
         """
         cdef mheap* h = self.h
-        cdef mcache* c
         if h == NULL:
             return 0
-        dropUserArenaChunks(h)     # arena chunks kept for reuse are free memory too
-        zeroFlush(h)               # and large objects waiting to be cleared
-        releaseSpares(h)           # and the classes' spare spans
-        c = peekmcache(h)          # and this thread's large spare (other
-        if c != NULL:              # threads' go when they end)
-            dropLargeSpare(c)
+        # Pooled arena chunks, queued large objects, spare spans and this
+        # thread's large spare (other threads' go when they end) first.
+        releaseIdle(h, peekmcache(h), True)
         return scavengeAll(h)
 
     def close(self):

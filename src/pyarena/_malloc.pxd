@@ -178,6 +178,7 @@ cdef inline void countFree(mheap* h, mcache* c, int cls, uintptr_t nbytes) noexc
         if nbytes:
             pa_add64(&h.freedBytes, nbytes)
 
+cdef void releaseIdle(mheap* h, mcache* c, bint gil) noexcept nogil
 cdef uintptr_t capRetry(mheap* h, mcache* c, size_t size, size_t align, bint zero,
                         int* cls, mspan** large, bint gil) noexcept nogil
 

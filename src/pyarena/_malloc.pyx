@@ -599,6 +599,20 @@ cdef uintptr_t debugMalloc(mheap* h, mcache* c, size_t n, size_t align, bint zer
     return p
 
 
+cdef intptr_t retireSlot(mheap* h, uintptr_t p, uintptr_t slot, size_t* n,
+                         void** bucket) noexcept nogil:
+    """A debug free's look at the object at p in its slot (debug lock held):
+    a damaged redzone recorded with the allocation's sample (*n its size,
+    *bucket the sample), then the freed pattern over the slot. The offset
+    of the first damaged byte, or -1; the caller warns after the lock."""
+    cdef intptr_t off = redzoneDamage(p, slot, n)
+    if off >= 0:
+        bucket[0] = sampleOf(h, p)
+        dbgRecord(h, DBG_REDZONE, p, n[0], off, 0, bucket[0])
+    poisonFreed(p, slot)
+    return off
+
+
 cdef void freeSmallDebug(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noexcept nogil:
     """freeRemote for a debug heap: the redzone checked, the slot filled
     with the freed pattern, then freed, all under the debug lock."""
@@ -614,11 +628,7 @@ cdef void freeSmallDebug(mheap* h, mspan* s, uintptr_t p, unsigned int idx) noex
         badFree(h, p, FREE_NOT_ALLOCATED)
         return
     if s.redzones:
-        off = redzoneDamage(p, size, &n)
-        if off >= 0:
-            bucket = sampleOf(h, p)
-            dbgRecord(h, DBG_REDZONE, p, n, off, 0, bucket)
-        poisonFreed(p, size)
+        off = retireSlot(h, p, size, &n, &bucket)
     if s.nsampled:
         profilefree(h, s, p)
     ok = freeSlot(h, s, idx)
@@ -643,11 +653,7 @@ cdef void freeLargeDebug(mheap* h, mspan* s, uintptr_t p, mcache* c) noexcept no
         badFree(h, p, FREE_NOT_ALLOCATED)
         return
     if s.redzones:
-        off = redzoneDamage(p, slot, &n)
-        if off >= 0:
-            bucket = sampleOf(h, p)
-            dbgRecord(h, DBG_REDZONE, p, n, off, 0, bucket)
-        poisonFreed(p, slot)
+        off = retireSlot(h, p, slot, &n, &bucket)
     s.allocCount = 0
     if s.nsampled:
         profilefree(h, s, p)
@@ -664,6 +670,19 @@ cdef void freeLargeDebug(mheap* h, mspan* s, uintptr_t p, mcache* c) noexcept no
 # ---------------------------------------------------------------------------
 # The hard cap's second chance (Heap(max_bytes=), _mgcpacer).
 
+cdef void releaseIdle(mheap* h, mcache* c, bint gil) noexcept nogil:
+    """Give the page heap back the idle memory it cannot release under its
+    lock: the pooled arena chunks (only with the GIL, which guards the
+    pool), the large objects queued for clearing, the classes' spare spans
+    and c's large spare (Heap.release, the hard cap's retry)."""
+    if gil:
+        dropUserArenaChunks(h)
+    zeroFlush(h)
+    releaseSpares(h)
+    if c != NULL:
+        dropLargeSpare(c)
+
+
 cdef uintptr_t capRetry(mheap* h, mcache* c, size_t size, size_t align, bint zero,
                         int* cls, mspan** large, bint gil) noexcept nogil:
     """mallocgcCapped's second chance, out of line: the hard cap refused
@@ -676,11 +695,7 @@ cdef uintptr_t capRetry(mheap* h, mcache* c, size_t size, size_t align, bint zer
     again is not counted twice in capRefused."""
     cdef uint64_t refused
     cdef uintptr_t p
-    if gil:
-        dropUserArenaChunks(h)
-    zeroFlush(h)
-    releaseSpares(h)
-    dropLargeSpare(c)
+    releaseIdle(h, c, gil)
     refused = pa_load64(&h.pacer.capRefused)
     p = mallocgc(c, size, align, zero, cls, large)
     if p == 0 and pa_load64(&h.pacer.capRefused) != refused:
